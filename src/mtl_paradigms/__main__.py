@@ -1,0 +1,5 @@
+import sys
+
+from mtl_paradigms.cli import main
+
+sys.exit(main())

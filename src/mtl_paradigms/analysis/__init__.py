@@ -1,0 +1,1 @@
+"""Result analysis: tables, figures and the claims table. Notebooks call these."""
