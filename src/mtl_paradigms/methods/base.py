@@ -1,0 +1,84 @@
+"""The method interface shared by every multi-task method.
+
+Two kinds of method exist, after TorchJD's split:
+
+* a :class:`Weighting` maps the per-task losses, shape ``(*batch, T)``, to task weights of
+  the same shape; the trainer then back-propagates ``sum_t w_t * L_t``. Loss-only methods
+  never ask for per-task gradients.
+* an :class:`Aggregator` maps the per-task gradients of the shared parameters, a matrix of
+  shape ``(*batch, T, D)``, to one update direction of shape ``(*batch, D)``. The trainer
+  computes per-task gradients only for aggregators (``requires_grads`` is ``True``).
+
+Leading ``batch`` dimensions let one call handle many independent problems at once (the
+toy problems vectorise over start points and learning rates this way).
+
+Scale convention (one convention, applied everywhere)
+-----------------------------------------------------
+Every method returns a combination **on the scale of the mean over tasks**: equal weighting
+(EW) gives weights ``1/T`` and the aggregated direction ``mean_t g_t``, i.e. the gradient of
+the *average* loss. Task-specific parameters (heads) receive ``(1/T) * grad L_t`` under every
+method. Reference implementations that sum instead (LibMTL's EW uses weights 1) differ by a
+factor ``T`` in the effective learning rate of SGD; Adam is unaffected. The relation is
+tested (``tests/methods``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+
+class Method(ABC):  # noqa: B024 - a common base; the abstract methods live in the two kinds
+    """Common base: a method knows its name and whether it needs per-task gradients."""
+
+    name: str = ""
+    requires_grads: bool = False
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+class Weighting(Method):
+    """Maps losses ``(*batch, T)`` to weights ``(*batch, T)``; the loss is ``sum_t w_t L_t``."""
+
+    requires_grads = False
+
+    @abstractmethod
+    def weights(self, losses: Tensor) -> Tensor:
+        """Task weights for ``losses`` (detached from the graph unless documented otherwise)."""
+
+    def combine(self, losses: Tensor) -> Tensor:
+        """The scalar (per batch element) loss to back-propagate."""
+        return (self.weights(losses) * losses).sum(dim=-1)
+
+
+class Aggregator(Method):
+    """Maps per-task shared gradients ``(*batch, T, D)`` to an update direction ``(*batch, D)``."""
+
+    requires_grads = True
+
+    @abstractmethod
+    def __call__(self, grads: Tensor) -> Tensor:
+        """The update direction for the shared parameters."""
+
+
+def check_matrix(grads: Tensor) -> None:
+    """Reject a gradient matrix whose shape cannot be ``(*batch, T, D)``."""
+    if grads.ndim < 2:
+        raise ValueError(
+            f"expected per-task gradients of shape (*batch, T, D), got {tuple(grads.shape)}"
+        )
+    if grads.shape[-2] < 1:
+        raise ValueError("per-task gradient matrix has no task rows")
+
+
+def gramian(grads: Tensor) -> Tensor:
+    """The ``(*batch, T, T)`` matrix of inner products between task gradients."""
+    return grads @ grads.transpose(-1, -2)
+
+
+def uniform(num_tasks: int, like: Tensor) -> Tensor:
+    return torch.full((num_tasks,), 1.0 / num_tasks, dtype=like.dtype, device=like.device)

@@ -1,0 +1,46 @@
+"""Methods selectable by name, with their hyperparameters as keyword arguments."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from mtl_paradigms.methods.base import Method
+from mtl_paradigms.methods.gradient import CAGrad, PCGrad
+from mtl_paradigms.methods.weighting import EW, UWO, FixedWeights
+
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (EW, FixedWeights, UWO, PCGrad, CAGrad)
+}
+
+
+def make_method(name: str, params: Mapping[str, Any] | None = None) -> Method:
+    """Build method ``name`` with hyperparameters ``params``; unknown names or keys raise."""
+    try:
+        cls = METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known methods: {sorted(METHODS)}") from None
+    params = dict(params or {})
+    allowed = [p for p in inspect.signature(cls).parameters if p != "self"]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"method {name!r}: unknown hyperparameter(s) {unknown}; allowed: {allowed}"
+        )
+    return cls(**params)
+
+
+def describe_methods() -> list[dict[str, Any]]:
+    """Name, kind and hyperparameters (with defaults) of every method, for ``mtlp methods``."""
+    rows = []
+    for name, cls in sorted(METHODS.items()):
+        sig = inspect.signature(cls)
+        params = {
+            p.name: (None if p.default is inspect.Parameter.empty else p.default)
+            for p in sig.parameters.values()
+        }
+        kind = "aggregator" if cls.requires_grads else "weighting"
+        doc = (inspect.getdoc(cls) or "").splitlines()[0]
+        rows.append({"name": name, "kind": kind, "hyperparameters": params, "summary": doc})
+    return rows
