@@ -1,0 +1,1 @@
+"""Toy problems: the CAGrad toy and the loss-scale invariance toy."""
