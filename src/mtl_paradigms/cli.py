@@ -1,0 +1,168 @@
+"""The ``mtlp`` command line: one verb per workflow step, files in, files out.
+
+Snakemake rules call these verbs; each verb takes its stage's settings as JSON
+(``--settings``), so the workflow passes exactly the validated config section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger("mtlp")
+
+
+def _settings_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--settings",
+        default="{}",
+        help="the stage's settings as a JSON object (keys of the config section); "
+        "missing keys take the documented defaults",
+    )
+
+
+def _cmd_toy(args: argparse.Namespace) -> None:
+    from mtl_paradigms.analysis.claims import write_claims
+    from mtl_paradigms.settings import from_json
+    from mtl_paradigms.toy.cagrad_toy import ToySettings, run_toy, toy_claims
+
+    settings = from_json(ToySettings, args.settings, "toy")
+    result = run_toy(settings)
+    result.save(args.out)
+    log.info("wrote %s", args.out)
+    if args.claims:
+        write_claims(toy_claims(result), args.claims)
+        log.info("wrote %s", args.claims)
+
+
+def _cmd_invariance(args: argparse.Namespace) -> None:
+    from mtl_paradigms.analysis.claims import write_claims
+    from mtl_paradigms.io import atomic_write
+    from mtl_paradigms.settings import from_json
+    from mtl_paradigms.toy.invariance import (
+        InvarianceSettings,
+        invariance_checks,
+        invariance_claims,
+        run_invariance,
+        save_records,
+    )
+
+    settings = from_json(InvarianceSettings, args.settings, "invariance")
+    records = run_invariance(settings)
+    save_records(records, args.records)
+    log.info("wrote %s", args.records)
+    checks = invariance_checks(settings)
+    atomic_write(args.checks, lambda p: checks.to_csv(p, index=False))
+    log.info("wrote %s", args.checks)
+    if args.claims:
+        write_claims(invariance_claims(checks), args.claims)
+        log.info("wrote %s", args.claims)
+
+
+def _cmd_claims(args: argparse.Namespace) -> None:
+    from mtl_paradigms.analysis.claims import merge_claims
+
+    frame = merge_claims(args.inputs, args.out)
+    log.info("merged %d claims into %s.{csv,md}", len(frame), args.out)
+
+
+def _cmd_methods(args: argparse.Namespace) -> None:
+    from mtl_paradigms.methods.registry import describe_methods
+
+    rows = describe_methods()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        params = ", ".join(f"{k}={v!r}" for k, v in row["hyperparameters"].items()) or "-"
+        print(f"{row['name']:<10} {row['kind']:<11} {params}\n{'':<22}{row['summary']}")
+
+
+def _cmd_notebook(args: argparse.Namespace) -> None:
+    from mtl_paradigms.notebooks import execute_notebook
+
+    params = {}
+    for key, value in args.param:
+        import yaml
+
+        params[key] = yaml.safe_load(value)
+    execute_notebook(args.notebook, args.output, args.html, params, cwd=args.cwd)
+    log.info("wrote %s and %s", args.output, args.html)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtlp",
+        description="mtl-paradigms: reproduce multi-task-learning optimization studies.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="VERB")
+
+    p = sub.add_parser("toy", help="run the CAGrad toy (Fig 1, Tables 1/A3)")
+    _settings_arg(p)
+    p.add_argument("--out", required=True, type=Path, help="result file (.npz)")
+    p.add_argument("--claims", type=Path, help="claims file (.csv) to write")
+    p.set_defaults(func=_cmd_toy)
+
+    p = sub.add_parser("invariance", help="run the invariance toy and its checks (Figs A1/A2)")
+    _settings_arg(p)
+    p.add_argument("--records", required=True, type=Path, help="per-step records (.csv.gz)")
+    p.add_argument(
+        "--checks", required=True, type=Path, help="checks of the Theory statements (.csv)"
+    )
+    p.add_argument("--claims", type=Path, help="claims file (.csv) to write")
+    p.set_defaults(func=_cmd_invariance)
+
+    p = sub.add_parser("claims", help="merge per-stage claims files into the claims table")
+    p.add_argument("inputs", nargs="*", type=Path, help="per-stage claims files (.csv)")
+    p.add_argument("--out", required=True, type=Path, help="output stem (writes .csv and .md)")
+    p.set_defaults(func=_cmd_claims)
+
+    p = sub.add_parser("methods", help="list every method with its hyperparameters")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_methods)
+
+    p = sub.add_parser("notebook", help="execute a parameterised notebook and render it to HTML")
+    p.add_argument("notebook", type=Path)
+    p.add_argument("--output", required=True, type=Path, help="executed notebook (.ipynb)")
+    p.add_argument("--html", required=True, type=Path, help="rendered notebook (.html)")
+    p.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="notebook parameter (value parsed as YAML); repeatable",
+    )
+    p.add_argument("--cwd", type=Path, default=Path.cwd(), help="working directory of the kernel")
+    p.set_defaults(func=_cmd_notebook)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from mtl_paradigms.settings import SettingsError
+
+    try:
+        args.func(args)
+    except SettingsError as err:
+        log.error("invalid settings: %s", err)
+        return 2
+    except (ValueError, FileNotFoundError) as err:
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

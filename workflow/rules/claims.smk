@@ -1,0 +1,17 @@
+# The claims table: every claim re-derived by the enabled stages, in one place.
+
+
+rule claims:
+    input:
+        claims_inputs(),
+    output:
+        csv=f"{FIGURES}/claims.csv",
+        md=f"{FIGURES}/claims.md",
+    log:
+        f"{LOGS}/claims.log",
+    conda:
+        "../../envs/mtlp.yaml"
+    params:
+        stem=lambda wildcards, output: os.path.splitext(output.csv)[0],
+    shell:
+        "mtlp claims {input:q} --out {params.stem:q} > {log:q} 2>&1"
