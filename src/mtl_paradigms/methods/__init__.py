@@ -3,11 +3,12 @@
 from mtl_paradigms.methods.base import Aggregator, Method, Weighting
 from mtl_paradigms.methods.gradient import CAGrad, PCGrad
 from mtl_paradigms.methods.registry import METHODS, make_method
-from mtl_paradigms.methods.weighting import EW, UWO, FixedWeights
+from mtl_paradigms.methods.weighting import EW, UW, UWO, FixedWeights
 
 __all__ = [
     "EW",
     "METHODS",
+    "UW",
     "UWO",
     "Aggregator",
     "CAGrad",

@@ -36,6 +36,21 @@ class Method(ABC):  # noqa: B024 - a common base; the abstract methods live in t
     name: str = ""
     requires_grads: bool = False
 
+    def bind(self, num_tasks: int, device: torch.device | str = "cpu") -> list[torch.nn.Parameter]:
+        """Prepare for ``num_tasks`` tasks; return the method's own learnable parameters.
+
+        The trainer adds the returned parameters to the optimizer (UW's log-variances, say).
+        Stateless methods keep the default: nothing to learn.
+        """
+        return []
+
+    def state_dict(self) -> dict[str, object]:
+        """State to checkpoint (learnable parameters are saved by value here too)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:  # noqa: B027 - optional hook
+        """Restore what :meth:`state_dict` returned."""
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"

@@ -8,10 +8,10 @@ from typing import Any
 
 from mtl_paradigms.methods.base import Method
 from mtl_paradigms.methods.gradient import CAGrad, PCGrad
-from mtl_paradigms.methods.weighting import EW, UWO, FixedWeights
+from mtl_paradigms.methods.weighting import EW, UW, UWO, FixedWeights
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (EW, FixedWeights, UWO, PCGrad, CAGrad)
+    cls.name: cls for cls in (EW, FixedWeights, UW, UWO, PCGrad, CAGrad)
 }
 
 

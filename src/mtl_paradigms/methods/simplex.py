@@ -28,10 +28,17 @@ def minimize_on_simplex(
 ) -> Tensor:
     """Minimise a convex ``objective(w) -> (*batch,)`` over ``w`` on the simplex, batched.
 
-    Projected gradient descent; at each iteration every batch element takes the best of
-    ``num_steps`` geometrically spaced step lengths along its normalised gradient (or stays
-    put), so the objective never increases and no step size needs tuning. The gradient is
-    taken with autograd. ``like[0]`` (shape ``(*batch, T, T)``) fixes batch shape and dtype.
+    Each iteration evaluates two families of candidates and keeps, per batch element, the best
+    one (or stays put), so the objective never increases and no step size needs tuning:
+
+    * projected-gradient steps ``proj(w - s * grad / |grad|_inf)`` for ``num_steps``
+      geometrically spaced ``s`` (good in the interior of the simplex);
+    * Frank-Wolfe steps ``w + s * (e_j - w)`` towards the vertex ``e_j`` with the smallest
+      gradient coordinate (reaches optima on faces and vertices, where projected steps crawl
+      when the problem is ill-conditioned).
+
+    The gradient is taken with autograd. ``like[0]`` (shape ``(*batch, T, T)``) fixes the batch
+    shape and dtype.
     """
     ref = like[0]
     batch_shape, num_tasks = ref.shape[:-2], ref.shape[-1]
@@ -39,15 +46,19 @@ def minimize_on_simplex(
     steps = torch.cat(
         [torch.zeros(1, dtype=ref.dtype), 2.0 ** -torch.arange(num_steps, dtype=ref.dtype)]
     ).to(ref.device)
+    eye = torch.eye(num_tasks, dtype=ref.dtype, device=ref.device)
     with torch.enable_grad():
         for _ in range(iterations):
             w_req = w.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(objective(w_req).sum(), w_req)
             scale = grad.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(ref.dtype).tiny)
             direction = (grad / scale).unsqueeze(-2)  # (*batch, 1, T)
-            candidates = project_to_simplex(w.unsqueeze(-2) - steps.view(-1, 1) * direction)
+            projected = project_to_simplex(w.unsqueeze(-2) - steps.view(-1, 1) * direction)
+            vertex = eye[grad.argmin(dim=-1)].unsqueeze(-2)  # (*batch, 1, T)
+            toward = w.unsqueeze(-2) + steps.view(-1, 1) * (vertex - w.unsqueeze(-2))
+            candidates = torch.cat([projected, toward], dim=-2)  # (*batch, 2S, T)
             with torch.no_grad():
-                values = objective(candidates.movedim(-2, 0)).movedim(0, -1)  # (*batch, S)
+                values = objective(candidates.movedim(-2, 0)).movedim(0, -1)  # (*batch, 2S)
             best = values.argmin(dim=-1, keepdim=True)
             w = candidates.gather(-2, best.unsqueeze(-1).expand(*best.shape, num_tasks)).squeeze(-2)
     return w.detach()
