@@ -63,6 +63,83 @@ def _cmd_invariance(args: argparse.Namespace) -> None:
         log.info("wrote %s", args.claims)
 
 
+def _cmd_make_synthetic(args: argparse.Namespace) -> None:
+    from mtl_paradigms.data.synthetic.scenes import SyntheticSettings, write_synthetic_mtan
+    from mtl_paradigms.settings import from_json
+
+    settings = from_json(SyntheticSettings, args.settings, "synthetic")
+    write_synthetic_mtan(settings, args.out)
+    log.info("wrote %s", args.out)
+
+
+def _cmd_verify_dataset(args: argparse.Namespace) -> None:
+    from mtl_paradigms.data.mtan import DatasetError, describe, load_mtan
+    from mtl_paradigms.io import write_json
+
+    report = {"dataset": args.dataset, "root": str(args.root), "labels": args.labels}
+    for split in ("train", "val"):
+        try:
+            loaded = load_mtan(args.root, args.dataset, split, cityscapes_labels=args.labels)
+        except DatasetError as err:
+            raise DatasetError(
+                f"{err}. Expected the MTAN-preprocessed {args.dataset} at {args.root} "
+                "({train,val}/{image,label,depth,normal}/<i>.npy for nyuv2; label_7, label_19 "
+                "and depth for cityscapes). Put it there, or point "
+                f"main.datasets.{args.dataset}.data_dir at it (README, 'Paper scale')."
+            ) from err
+        report[split] = dict(describe(loaded))
+    write_json(args.out, report)
+    log.info("%s: %s is a complete MTAN-format dataset", args.root, args.dataset)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from mtl_paradigms.settings import from_json
+    from mtl_paradigms.train import TrainSettings, load_baseline, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = from_json(TrainSettings, args.settings, "train")
+    metrics = train(settings, args.out, baseline=load_baseline(args.baseline))
+    log.info(
+        "%s: diverged=%s, selected epoch %s, test delta_m %s",
+        args.out, metrics["diverged"], metrics["selected_epoch"], metrics["test_delta_m"],
+    )  # fmt: skip
+
+
+def _cmd_baseline(args: argparse.Namespace) -> None:
+    from mtl_paradigms.io import write_json
+    from mtl_paradigms.runs import build_baseline
+
+    write_json(args.out, build_baseline(args.inputs))
+    log.info("wrote %s", args.out)
+
+
+def _cmd_aggregate(args: argparse.Namespace) -> None:
+    from mtl_paradigms.io import atomic_write, write_json
+    from mtl_paradigms.runs import read_metrics, runs_table
+    from mtl_paradigms.settings import from_mapping
+    from mtl_paradigms.tasks import make_tasks, metric_directions
+    from mtl_paradigms.train import TrainSettings
+
+    sources = dict(item.split("=", 1) for item in args.source)
+    table = runs_table(args.inputs, sources)
+    atomic_write(args.out, lambda p: table.to_csv(p, index=False))
+    directions: dict[str, bool] = {}
+    for path in args.inputs:
+        settings = from_mapping(TrainSettings, read_metrics(path)["settings"], str(path))
+        directions |= metric_directions(make_tasks(settings.dataset, settings.classes))
+    write_json(args.directions, directions)
+    log.info("wrote %s (%d runs) and %s", args.out, len(table), args.directions)
+    if args.claims:
+        from mtl_paradigms.analysis.claims import write_claims
+        from mtl_paradigms.analysis.grid_report import grid_claims
+
+        write_claims(grid_claims(table, directions), args.claims)
+        log.info("wrote %s", args.claims)
+
+
 def _cmd_claims(args: argparse.Namespace) -> None:
     from mtl_paradigms.analysis.claims import merge_claims
 
@@ -117,6 +194,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--claims", type=Path, help="claims file (.csv) to write")
     p.set_defaults(func=_cmd_invariance)
 
+    p = sub.add_parser("make-synthetic", help="write a synthetic dataset in the MTAN format")
+    _settings_arg(p)
+    p.add_argument("--out", required=True, type=Path, help="dataset directory to create")
+    p.set_defaults(func=_cmd_make_synthetic)
+
+    p = sub.add_parser("verify-dataset", help="check a real MTAN-format dataset on disk")
+    p.add_argument("--dataset", required=True, choices=["nyuv2", "cityscapes"])
+    p.add_argument("--root", required=True, type=Path, help="the dataset folder")
+    p.add_argument("--labels", default="label_7", choices=["label_7", "label_19"])
+    p.add_argument("--out", required=True, type=Path, help="verification report (.json)")
+    p.set_defaults(func=_cmd_verify_dataset)
+
+    p = sub.add_parser("train", help="train one run (resumes from its checkpoint)")
+    _settings_arg(p)
+    p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument("--baseline", type=Path, help="single-task baseline (.json) for delta_m")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("baseline", help="single-task baseline from STL runs' metrics.json")
+    p.add_argument("inputs", nargs="+", type=Path, help="metrics.json of single-task runs")
+    p.add_argument("--out", required=True, type=Path, help="baseline file (.json)")
+    p.set_defaults(func=_cmd_baseline)
+
+    p = sub.add_parser("aggregate", help="tidy table of runs from their metrics.json")
+    p.add_argument("inputs", nargs="+", type=Path, help="metrics.json of runs")
+    p.add_argument("--out", required=True, type=Path, help="runs table (.csv)")
+    p.add_argument("--directions", required=True, type=Path, help="higher-is-better flags (.json)")
+    p.add_argument("--claims", type=Path, help="claims file (.csv) of the main experiment")
+    p.add_argument(
+        "--source", action="append", default=[], metavar="DATASET=SOURCE",
+        help="data source of a dataset (synthetic or real); repeatable",
+    )  # fmt: skip
+    p.set_defaults(func=_cmd_aggregate)
+
     p = sub.add_parser("claims", help="merge per-stage claims files into the claims table")
     p.add_argument("inputs", nargs="*", type=Path, help="per-stage claims files (.csv)")
     p.add_argument("--out", required=True, type=Path, help="output stem (writes .csv and .md)")
@@ -158,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as err:
         log.error("invalid settings: %s", err)
         return 2
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
         log.error("%s", err)
         return 2
     return 0

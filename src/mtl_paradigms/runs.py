@@ -1,0 +1,111 @@
+"""Finished runs: the single-task baseline and the tidy table of all runs.
+
+A run directory holds ``metrics.json`` (written by :func:`mtl_paradigms.train.train`). The
+workflow lays runs out as ``<dataset>/<arch>/<method>/<optimizer>/lr<lr>/seed<seed>/``; the
+single-task baselines live under ``stl-<task>`` and appear in the runs table as method ``stl``
+(their task is the one whose metric columns are filled).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+RUN_COLUMNS = (
+    "dataset", "data_source", "arch", "method", "optimizer", "lr", "seed",
+    "diverged", "selected_epoch", "val_loss", "val_delta_m", "test_delta_m",
+)  # fmt: skip
+
+
+def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
+    data = json.loads(Path(path).read_text())
+    for key in ("settings", "diverged", "val", "test"):
+        if key not in data:
+            raise ValueError(f"{path}: not a run's metrics.json (no '{key}')")
+    return data
+
+
+def build_baseline(metrics_files: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
+    """Single-task baseline from STL runs: per task, the learning rate with the lowest mean
+    validation loss over seeds (the paper's STL early stopping is on validation loss); its
+    validation and test metrics averaged over seeds. Diverged runs disqualify their lr.
+    """
+    by_task: dict[str, dict[float, list[dict[str, Any]]]] = {}
+    for path in metrics_files:
+        data = read_metrics(path)
+        settings = data["settings"]
+        tasks = settings["tasks"]
+        if not tasks or len(tasks) != 1:
+            raise ValueError(f"{path}: a baseline run trains exactly one task, got {tasks}")
+        by_task.setdefault(tasks[0], {}).setdefault(settings["lr"], []).append(data)
+    if not by_task:
+        raise ValueError("no single-task runs given for the baseline")
+    baseline: dict[str, Any] = {"val": {}, "test": {}, "selected": {}}
+    for task, by_lr in sorted(by_task.items()):
+        candidates = {
+            lr: float(np.mean([r["val_loss_selected"] for r in runs]))
+            for lr, runs in by_lr.items()
+            if not any(r["diverged"] or r["val_loss_selected"] is None for r in runs)
+        }
+        if not candidates:
+            raise ValueError(f"every single-task run of task {task!r} diverged: no baseline")
+        lr = min(candidates, key=lambda k: (candidates[k], k))
+        runs = by_lr[lr]
+        for split in ("val", "test"):
+            keys = runs[0][split].keys()
+            baseline[split] |= {k: float(np.mean([r[split][k] for r in runs])) for k in keys}
+        baseline["selected"][task] = {
+            "lr": lr, "seeds": sorted(r["settings"]["seed"] for r in runs),
+            "mean_val_loss": candidates[lr],
+        }  # fmt: skip
+    return baseline
+
+
+def run_row(path: str | os.PathLike[str], data_source: str) -> dict[str, Any]:
+    """One row of the runs table from a run's ``metrics.json``."""
+    data = read_metrics(path)
+    s = data["settings"]
+    stl = s["tasks"] is not None and len(s["tasks"]) == 1 and s["selection"] == "val_loss"
+    row: dict[str, Any] = {
+        "dataset": s["dataset"], "data_source": data_source, "arch": s["arch"],
+        "method": "stl" if stl else s["method"],
+        "optimizer": s["optimizer"], "lr": s["lr"], "seed": s["seed"],
+        "diverged": bool(data["diverged"]), "selected_epoch": data["selected_epoch"],
+        "val_loss": _num(data.get("val_loss_selected")),
+        "val_delta_m": _num(data.get("val_delta_m")),
+        "test_delta_m": _num(data.get("test_delta_m")),
+    }  # fmt: skip
+    for key, value in (data["test"] or {}).items():
+        row[key] = _num(value)
+    return row
+
+
+def runs_table(
+    metrics_files: Sequence[str | os.PathLike[str]], data_sources: Mapping[str, str]
+) -> pd.DataFrame:
+    """The tidy table of runs (one row each), sorted for stable output."""
+    rows = [
+        run_row(p, data_sources.get(read_metrics(p)["settings"]["dataset"], "real"))
+        for p in metrics_files
+    ]
+    frame = pd.DataFrame(rows)
+    metric_cols = sorted(c for c in frame.columns if c not in RUN_COLUMNS)
+    frame = frame[[*RUN_COLUMNS, *metric_cols]]
+    return frame.sort_values(["dataset", "arch", "method", "optimizer", "lr", "seed"]).reset_index(
+        drop=True
+    )
+
+
+def _num(value: Any) -> float:
+    return (
+        float("nan")
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else float(value)
+    )

@@ -1,0 +1,509 @@
+"""Multi-task training: batch -> losses -> method -> step, with evaluation, model selection,
+divergence handling and checkpoint/resume around it.
+
+Conventions
+-----------
+* Splits as the paper: validation held out of the MTAN train folder, test = the MTAN val folder
+  (:func:`mtl_paradigms.data.mtan.paper_splits`).
+* Model selection: every epoch the model is evaluated on validation and test; the selected epoch
+  minimises the validation Δm against the single-task baseline (``selection: delta_m``, the
+  paper's early stopping) or the summed validation loss (``selection: val_loss``, used for the
+  single-task baselines themselves). The reported test metrics are those of the selected epoch.
+* Methods follow the scale convention of :mod:`mtl_paradigms.methods.base`: a weighting's
+  ``combine`` is back-propagated; for an aggregator the shared parameters receive the aggregated
+  direction of the per-task gradients and each head ``(1/T) grad L_t``.
+* Divergence: the summed epoch loss is checked once per epoch (no per-step host sync); a
+  non-finite value marks the run diverged, training stops and ``metrics.json`` records it. A
+  diverged run is a result, not an error.
+* Checkpoint/resume: after every epoch ``checkpoint.pt`` (model, optimizer, scheduler, method
+  state, random-number-generator states, history, best epoch) is written atomically; a restarted
+  run continues from it and produces the same metrics as an uninterrupted one.
+* Determinism: the same settings and seed give identical metrics on the CPU (tested).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from mtl_paradigms.analysis.delta import delta
+from mtl_paradigms.data.mtan import NUM_CLASSES, TASKS, MTANSplit, paper_splits
+from mtl_paradigms.data.transforms import augment_batch
+from mtl_paradigms.io import atomic_path, atomic_write, write_json
+from mtl_paradigms.methods import Aggregator, Method, Weighting, make_method
+from mtl_paradigms.models import MultiTaskModel, build_model
+from mtl_paradigms.optim import SignSGD
+from mtl_paradigms.settings import SettingsError
+from mtl_paradigms.tasks import Task, make_tasks, metric_directions
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+HISTORY = "history.csv"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """One training run. Defaults are the paper's NYUv2 setup (Elich et al. 2024, Setups).
+
+    ``tasks`` selects a subset of the dataset's tasks (one task = a single-task baseline);
+    ``num_classes`` defaults to the dataset's (13 NYUv2, 7 or 19 Cityscapes). ``lr_step_every``
+    halves (``lr_gamma``) the learning rate every so many epochs. Adam's betas/eps and SGD's
+    momentum are not stated in the paper; (0.9, 0.999), 1e-8 and 0.9 are the usual values.
+    """
+
+    dataset: Literal["nyuv2", "cityscapes"] = "nyuv2"
+    data_dir: str = "data/nyuv2"
+    cityscapes_labels: Literal["label_7", "label_19"] = "label_7"
+    num_classes: int | None = None
+    val_size: int = 159
+    tasks: list[str] | None = None
+    arch: Literal["segnet", "deeplabv3"] = "segnet"
+    width: float = 1.0
+    pretrained: bool = False
+    method: str = "ew"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    optimizer: Literal["adam", "sgd", "signsgd"] = "adam"
+    lr: float = 1e-4
+    momentum: float = 0.9
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    weight_decay: float = 1e-5
+    epochs: int = 200
+    batch_size: int = 8
+    eval_batch_size: int = 32
+    lr_step_every: int = 100
+    lr_gamma: float = 0.5
+    augment: bool = True
+    selection: Literal["delta_m", "val_loss"] = "delta_m"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = False
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "weight_decay", "lr_gamma", "width"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise SettingsError(f"train.{name} must be a finite non-negative number")
+        if self.lr <= 0:
+            raise SettingsError(f"train.lr must be positive, got {self.lr}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "lr_step_every", "val_size"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        known = list(TASKS[self.dataset])
+        if self.tasks is not None:
+            unknown = [t for t in self.tasks if t not in known]
+            if unknown or not self.tasks:
+                raise SettingsError(f"train.tasks: {self.tasks} not a non-empty subset of {known}")
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.tasks) if self.tasks is not None else list(TASKS[self.dataset])
+
+    @property
+    def classes(self) -> int:
+        if self.num_classes is not None:
+            return self.num_classes
+        if self.dataset == "cityscapes" and self.cityscapes_labels == "label_19":
+            return 19
+        return NUM_CLASSES[self.dataset]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("train.device is 'cuda' but CUDA is not available")
+    return torch.device(name)
+
+
+def make_optimizer(
+    settings: TrainSettings, params: Sequence[nn.Parameter]
+) -> torch.optim.Optimizer:
+    if settings.optimizer == "adam":
+        betas = (settings.adam_betas[0], settings.adam_betas[1])
+        return torch.optim.Adam(
+            params, lr=settings.lr, betas=betas, eps=settings.adam_eps,
+            weight_decay=settings.weight_decay,
+        )  # fmt: skip
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+        )
+    return SignSGD(
+        params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
+
+
+def task_losses(
+    tasks: Mapping[str, Task], preds: Mapping[str, Tensor], batch: Mapping[str, Tensor]
+) -> Tensor:
+    """The ``(T,)`` vector of per-task losses, in the order of ``tasks``."""
+    return torch.stack([task.loss(preds[name], batch[name]) for name, task in tasks.items()])
+
+
+def _flat_grads(grads: Sequence[Tensor | None], params: Sequence[nn.Parameter]) -> Tensor:
+    return torch.cat(
+        [
+            (g if g is not None else torch.zeros_like(p)).reshape(-1)
+            for g, p in zip(grads, params, strict=True)
+        ]
+    )
+
+
+def _assign_flat(params: Sequence[nn.Parameter], flat: Tensor) -> None:
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+        offset += n
+
+
+@dataclass
+class StepOutput:
+    losses: Tensor  # (T,) detached
+    weights: Tensor  # (T,) detached task weights used for this step (NaN if not defined)
+
+
+def training_step(
+    model: MultiTaskModel,
+    tasks: Mapping[str, Task],
+    method: Method,
+    images: Tensor,
+    targets: Mapping[str, Tensor],
+    autocast: torch.autocast,
+) -> StepOutput:
+    """Forward, per-task losses and the method's gradients, written to ``.grad`` (no step)."""
+    num_tasks = len(tasks)
+    if isinstance(method, Aggregator) and method.requires_grads:
+        shared = model.shared_parameters()
+        heads = [p for name in tasks for p in model.task_parameters(name)]
+        with autocast:
+            z = model.representation(images)
+            preds = model.heads_forward(z, images.shape[-2:])
+            losses = task_losses(tasks, preds, targets).float()
+        rows = [
+            _flat_grads(
+                torch.autograd.grad(losses[t], shared, retain_graph=True, allow_unused=True), shared
+            )
+            for t in range(num_tasks)
+        ]
+        direction = method(torch.stack(rows))
+        head_grads = torch.autograd.grad(losses.mean(), heads, allow_unused=True)
+        _assign_flat(shared, direction)
+        for p, g in zip(heads, head_grads, strict=True):
+            p.grad = g
+        weights = torch.full((num_tasks,), math.nan, device=losses.device)
+        return StepOutput(losses.detach(), weights)
+    if not isinstance(method, Weighting):
+        raise TypeError(f"method {method.name!r} is neither a weighting nor an aggregator")
+    with autocast:
+        preds = model(images)
+        losses = task_losses(tasks, preds, targets).float()
+    method.combine(losses).backward()
+    return StepOutput(losses.detach(), method.weights(losses.detach()).detach())
+
+
+@torch.no_grad()
+def evaluate(
+    model: MultiTaskModel,
+    tasks: Mapping[str, Task],
+    split: MTANSplit,
+    batch_size: int,
+    autocast: torch.autocast,
+    channels_last: bool = False,
+) -> tuple[dict[str, float], float]:
+    """Metrics (keys ``task/metric``) over the whole split, and the summed mean task loss."""
+    model.eval()
+    meters = {name: task.meter(split.images.device) for name, task in tasks.items()}
+    loss_sum = torch.zeros((), device=split.images.device)
+    for start in range(0, len(split), batch_size):
+        images = split.images[start : start + batch_size]
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = {name: split.targets[name][start : start + batch_size] for name in tasks}
+        with autocast:
+            preds = model(images)
+        preds = {k: v.float() for k, v in preds.items()}
+        for name, task in tasks.items():
+            meters[name].update(preds[name], targets[name])
+            loss_sum += task.loss(preds[name], targets[name]) * images.shape[0]
+    metrics = {
+        f"{name}/{metric}": value
+        for name, meter in meters.items()
+        for metric, value in meter.compute().items()
+    }
+    model.train()
+    return metrics, float(loss_sum) / len(split)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunState:
+    """Everything needed to continue a run: saved in the checkpoint after every epoch."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None  # the selected epoch's record
+    diverged: bool = False
+
+
+def load_baseline(path: str | os.PathLike[str] | None) -> dict[str, dict[str, float]] | None:
+    """The single-task baseline (``{"val": {...}, "test": {...}}``) written by ``mtlp baseline``."""
+    if path is None:
+        return None
+    import json
+
+    data = json.loads(Path(path).read_text())
+    for key in ("val", "test"):
+        if key not in data:
+            raise ValueError(f"{path}: baseline file lacks '{key}' metrics")
+    return data
+
+
+def train(
+    settings: TrainSettings,
+    out_dir: str | os.PathLike[str],
+    baseline: Mapping[str, Mapping[str, float]] | None = None,
+    progress: bool | None = None,
+    stop_after_epochs: int | None = None,
+) -> dict[str, Any]:
+    """Train one run into ``out_dir`` (resuming from its checkpoint); return ``metrics.json``.
+
+    ``stop_after_epochs`` ends the process's work after that many epochs *of this call* without
+    writing the final results (used to test resumption; a killed run behaves the same way).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if settings.selection == "delta_m" and baseline is None:
+        raise SettingsError("train: selection 'delta_m' needs the single-task baseline metrics")
+    device = resolve_device(settings.device)
+    # Every kernel used on the CPU is deterministic (SegNet unpools with a scatter rather than
+    # max_unpool2d), which tests/train checks; torch.use_deterministic_algorithms is not called
+    # because it imports the compiler stack (~2 s per job).
+    torch.manual_seed(settings.seed)
+
+    all_tasks = make_tasks(settings.dataset, settings.classes)
+    tasks = {name: all_tasks[name] for name in settings.task_names}
+    directions = metric_directions(tasks)
+    train_split, val_split, test_split = (
+        s.to(device)
+        for s in paper_splits(
+            settings.data_dir, settings.dataset, settings.val_size, settings.seed,
+            tasks=list(tasks), cityscapes_labels=settings.cityscapes_labels,
+        )
+    )  # fmt: skip
+    model = build_model(
+        settings.arch,
+        {name: task.out_channels for name, task in tasks.items()},
+        width=settings.width,
+        pretrained=settings.pretrained,
+        single_task=len(tasks) == 1,
+    ).to(device)
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    method = make_method(settings.method, settings.method_params)
+    extra_params = method.bind(len(tasks), device)
+    optimizer = make_optimizer(settings, [*model.parameters(), *extra_params])
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=settings.lr_step_every, gamma=settings.lr_gamma
+    )
+    generator = torch.Generator().manual_seed(settings.seed + 1)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
+
+    state = RunState()
+    checkpoint = out / CHECKPOINT
+    if checkpoint.exists():
+        state = _restore(checkpoint, model, optimizer, scheduler, method, generator)
+        log.info("resuming %s after epoch %d", out, state.epoch)
+
+    baseline_val = dict(baseline["val"]) if baseline is not None else None
+    baseline_test = dict(baseline["test"]) if baseline is not None else None
+    stop_at = state.epoch + stop_after_epochs if stop_after_epochs is not None else None
+    bar = tqdm(
+        range(state.epoch, settings.epochs), initial=state.epoch, total=settings.epochs,
+        desc=f"train {out}", disable=None if progress is None else not progress, leave=False,
+    )  # fmt: skip
+    model.train()
+    for epoch in bar:
+        if state.diverged:
+            break
+        started = time.perf_counter()
+        loss_sum, weight_sum, steps = _train_epoch(
+            model, tasks, method, optimizer, train_split, settings, generator, autocast
+        )
+        mean_losses = (loss_sum / steps).tolist()
+        if not all(math.isfinite(v) for v in mean_losses):
+            state.diverged = True
+            log.warning("%s diverged in epoch %d (losses %s)", out, epoch + 1, mean_losses)
+        record: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
+        record |= {f"train_loss/{name}": v for name, v in zip(tasks, mean_losses, strict=True)}
+        record |= {
+            f"weight/{name}": v
+            for name, v in zip(tasks, (weight_sum / steps).tolist(), strict=True)
+        }
+        if not state.diverged:
+            val, val_loss = evaluate(
+                model, tasks, val_split, settings.eval_batch_size, autocast, settings.channels_last
+            )
+            test, _ = evaluate(
+                model, tasks, test_split, settings.eval_batch_size, autocast, settings.channels_last
+            )
+            record["val_loss"] = val_loss
+            record |= {f"val/{k}": v for k, v in val.items()}
+            record |= {f"test/{k}": v for k, v in test.items()}
+            if not all(math.isfinite(v) for v in (val_loss, *val.values(), *test.values())):
+                # The parameters blew up late in the epoch: the model predicts NaN/inf.
+                state.diverged = True
+                log.warning("%s diverged in epoch %d (non-finite evaluation)", out, epoch + 1)
+        if not state.diverged:
+            if baseline_val is not None and baseline_test is not None:
+                record["val_delta_m"] = delta(val, _restrict(baseline_val, val), directions)
+                record["test_delta_m"] = delta(test, _restrict(baseline_test, test), directions)
+            score = record["val_delta_m"] if settings.selection == "delta_m" else val_loss
+            if math.isfinite(score) and (state.best is None or score < state.best["score"]):
+                state.best = {"score": score, "epoch": epoch + 1, "val": val, "test": test} | {
+                    k: record[k] for k in ("val_delta_m", "test_delta_m") if k in record
+                }
+        record["seconds"] = time.perf_counter() - started
+        state.history.append(record)
+        state.epoch = epoch + 1
+        scheduler.step()
+        _save(checkpoint, state, model, optimizer, scheduler, method, generator)
+        if stop_at is not None and state.epoch >= stop_at:
+            return {}
+    bar.close()
+    return _finish(out, settings, state)
+
+
+def _restrict(baseline: Mapping[str, float], metrics: Mapping[str, float]) -> dict[str, float]:
+    missing = sorted(set(metrics) - set(baseline))
+    if missing:
+        raise ValueError(f"baseline lacks metric(s) {missing}")
+    return {k: baseline[k] for k in metrics}
+
+
+def _train_epoch(
+    model: MultiTaskModel,
+    tasks: Mapping[str, Task],
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    split: MTANSplit,
+    settings: TrainSettings,
+    generator: torch.Generator,
+    autocast: torch.autocast,
+) -> tuple[Tensor, Tensor, int]:
+    device = split.images.device
+    order = torch.randperm(len(split), generator=generator).to(device)
+    num_tasks = len(tasks)
+    loss_sum = torch.zeros(num_tasks, device=device)
+    weight_sum = torch.zeros(num_tasks, device=device)
+    steps = 0
+    # Drop the last incomplete batch (BatchNorm on a single sample is undefined).
+    for start in range(0, len(split) - settings.batch_size + 1, settings.batch_size):
+        idx = order[start : start + settings.batch_size]
+        images = split.images[idx]
+        targets = {name: split.targets[name][idx] for name in tasks}
+        if settings.augment:
+            images, targets = augment_batch(images, targets, generator)
+        if settings.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        out = training_step(model, tasks, method, images, targets, autocast)
+        optimizer.step()
+        loss_sum += out.losses
+        weight_sum += out.weights.to(weight_sum.dtype)
+        steps += 1
+    if steps == 0:
+        raise SettingsError(
+            f"train.batch_size {settings.batch_size} exceeds the {len(split)} training images"
+        )
+    return loss_sum, weight_sum, steps
+
+
+def _save(
+    path: Path,
+    state: RunState,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    method: Method,
+    generator: torch.Generator,
+) -> None:
+    payload = {
+        "state": asdict(state),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "method": method.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _restore(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    method: Method,
+    generator: torch.Generator,
+) -> RunState:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a corrupt checkpoint cannot be trusted: say so, lose nothing
+        raise RuntimeError(
+            f"{path}: cannot read the checkpoint ({err}); move it away to restart the run"
+        ) from err
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    method.load_state_dict(payload["method"])
+    generator.set_state(payload["generator"])
+    torch.set_rng_state(payload["torch_rng"])
+    if payload["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    return RunState(**payload["state"])
+
+
+def _finish(out: Path, settings: TrainSettings, state: RunState) -> dict[str, Any]:
+    history = pd.DataFrame(state.history)
+    atomic_write(out / HISTORY, lambda p: history.to_csv(p, index=False))
+    best = state.best
+    metrics: dict[str, Any] = {
+        "settings": asdict(settings),
+        "diverged": state.diverged,
+        "epochs_run": state.epoch,
+        "selected_epoch": best["epoch"] if best else None,
+        "val": best["val"] if best else None,
+        "test": best["test"] if best else None,
+        "val_delta_m": best.get("val_delta_m") if best else None,
+        "test_delta_m": best.get("test_delta_m") if best else None,
+        "val_loss_selected": best["score"] if best and settings.selection == "val_loss" else None,
+    }
+    write_json(out / METRICS, metrics)
+    return metrics
