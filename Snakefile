@@ -12,6 +12,7 @@ configfile: "workflow/config/default.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/toy.smk"
 include: "workflow/rules/invariance.smk"
+include: "workflow/rules/main.smk"
 include: "workflow/rules/claims.smk"
 
 

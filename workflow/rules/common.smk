@@ -10,6 +10,7 @@ FIGURES = config["figures_dir"]
 RESULTS = config["results_dir"]
 NOTEBOOK_OUT = f"{RESULTS}/notebooks"
 LOGS = f"{RESULTS}/logs"
+RUNS = f"{RESULTS}/runs"
 
 STAGE_ARTEFACTS = {
     "toy": {
@@ -42,11 +43,143 @@ def notebook_files(name):
     return [f"{NOTEBOOK_OUT}/{name}.{ext}" for ext in ("ipynb", "html")]
 
 
+# ---- the main experiment -------------------------------------------------------------
+# Paper numbering of the per-panel artefacts (Elich et al. 2024).
+PANEL_FIGURE = {"cityscapes": "fig2", "nyuv2": "figA4"}
+PANEL_TABLE = {
+    ("cityscapes", "segnet"): "tableA4",
+    ("cityscapes", "deeplabv3"): "tableA5",
+    ("nyuv2", "segnet"): "tableA6",
+    ("nyuv2", "deeplabv3"): "tableA7",
+}
+
+
+def main_panels():
+    return [(p["dataset"], p["arch"]) for p in config["main"]["panels"]]
+
+
+def panel_names(dataset, arch):
+    return {
+        "dataset": dataset,
+        "arch": arch,
+        "figure": f"{PANEL_FIGURE[dataset]}_{arch}",
+        "table": PANEL_TABLE[(dataset, arch)],
+    }
+
+
+def panels_json():
+    return json.dumps(
+        [panel_names(d, a) for d, a in main_panels()], separators=(",", ":")
+    )
+
+
+def main_artefacts():
+    files = figure_files("figA3") + table_files("table2") + table_files("tableA2")
+    for dataset, arch in main_panels():
+        names = panel_names(dataset, arch)
+        files += figure_files(names["figure"]) + table_files(names["table"])
+    return files
+
+
+def fmt_lr(lr):
+    """The learning rate as it appears in run paths (`lr0.001`, `lr1e-05`)."""
+    return f"{float(lr):g}"
+
+
+def dataset_config(dataset):
+    return config["main"]["datasets"][dataset]
+
+
+def dataset_dir(dataset):
+    ds = dataset_config(dataset)
+    return (
+        f"data/synthetic/{dataset}" if ds["source"] == "synthetic" else ds["data_dir"]
+    )
+
+
+def dataset_input(dataset):
+    """The training input: the generated synthetic set, or the verification report of a real
+    dataset on disk (rule verify_dataset, which fails with a clear message if it is absent).
+    """
+    if dataset_config(dataset)["source"] == "synthetic":
+        return dataset_dir(dataset)
+    return f"{RESULTS}/data/{dataset}.verified.json"
+
+
+def synthetic_json(dataset):
+    settings = {"dataset": dataset, **dataset_config(dataset)["synthetic"]}
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+
+
+def train_json(wildcards, stl):
+    """TrainSettings of one run: common, dataset and architecture settings, then the run's own."""
+    main = config["main"]
+    ds = dataset_config(wildcards.dataset)
+    settings = {**main["train"], **ds.get("train", {}), **main["archs"][wildcards.arch]}
+    settings |= {
+        "dataset": wildcards.dataset,
+        "data_dir": dataset_dir(wildcards.dataset),
+        "arch": wildcards.arch,
+        "optimizer": wildcards.optimizer,
+        "lr": float(wildcards.lr),
+        "seed": int(wildcards.seed),
+    }
+    if ds["source"] == "synthetic" and ds["synthetic"].get("num_classes"):
+        settings["num_classes"] = ds["synthetic"]["num_classes"]
+    if stl:
+        settings |= {"tasks": [wildcards.task], "method": "ew", "selection": "val_loss"}
+    else:
+        settings |= {
+            "tasks": ds["tasks"],
+            "method": wildcards.method,
+            "method_params": main["grid"]
+            .get("method_params", {})
+            .get(wildcards.method, {}),
+            "selection": "delta_m",
+        }
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+
+
+def stl_metrics(dataset, arch):
+    stl = config["main"]["stl"]
+    return [
+        f"{RUNS}/{dataset}/{arch}/stl-{task}/{stl['optimizer']}/lr{fmt_lr(lr)}/seed{seed}/metrics.json"
+        for task in dataset_config(dataset)["tasks"]
+        for lr in stl["learning_rates"]
+        for seed in stl["seeds"]
+    ]
+
+
+def mtl_metrics(dataset, arch):
+    grid = config["main"]["grid"]
+    return [
+        f"{RUNS}/{dataset}/{arch}/{method}/{optimizer}/lr{fmt_lr(lr)}/seed{seed}/metrics.json"
+        for method in grid["methods"]
+        for optimizer in grid["optimizers"]
+        for lr in grid["learning_rates"]
+        for seed in grid["seeds"]
+    ]
+
+
+def main_run_metrics():
+    files = []
+    for dataset, arch in main_panels():
+        files += stl_metrics(dataset, arch) + mtl_metrics(dataset, arch)
+    return files
+
+
+def data_sources_args():
+    datasets = sorted({dataset for dataset, _ in main_panels()})
+    return " ".join(f"--source {d}={dataset_config(d)['source']}" for d in datasets)
+
+
 def enabled_stages():
     return [stage for stage, on in config["stages"].items() if on]
 
 
 def stage_outputs(stage):
+    if stage == "main":
+        return notebook_files("main") + main_artefacts()
     spec = STAGE_ARTEFACTS[stage]
     files = notebook_files(spec["notebook"])
     for name in spec["figures"]:

@@ -58,11 +58,14 @@ def write_table(
     md = f"**{caption}**\n\n" + as_text.to_markdown(index=index) + "\n"
     atomic_write(md_path, lambda p: p.write_text(md, encoding="utf-8"))
     styler = (
-        as_text.map(_en_dash_to_tex)
-        .style.format(escape="latex")
-        .format_index(escape="latex", axis=1)
+        as_text.map(lambda v: _en_dash_to_tex(_escape_latex(v)))
+        .rename(columns=lambda c: _en_dash_to_tex(_escape_latex(str(c))))
+        .style
     )
-    styler = styler.format_index(escape="latex", axis=0) if index else styler.hide(axis="index")
+    if index:
+        styler = styler.format_index(lambda v: _en_dash_to_tex(_escape_latex(str(v))), axis=0)
+    else:
+        styler = styler.hide(axis="index")
     tex = styler.to_latex(
         caption=_en_dash_to_tex(_escape_latex(caption)),
         label=label,
@@ -93,5 +96,11 @@ def _escape_latex(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
+_UNICODE_TEX = {"–": "--", "Δ": r"$\Delta$", "±": r"$\pm$", "°": r"$^\circ$", "×": r"$\times$"}
+
+
 def _en_dash_to_tex(text: str) -> str:
-    return text.replace("–", "--")
+    """Unicode the tables use, written so that plain pdflatex compiles the table."""
+    for char, tex in _UNICODE_TEX.items():
+        text = text.replace(char, tex)
+    return text

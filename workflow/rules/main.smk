@@ -1,0 +1,135 @@
+# The main experiment (Elich et al. 2024): synthetic or real NYUv2/Cityscapes, the training
+# grid dataset x architecture x method x optimizer x learning rate x seed, single-task
+# baselines, aggregation, and Figs 2/A3/A4, Tables 2/A2/A4-A7.
+
+
+wildcard_constraints:
+    dataset="nyuv2|cityscapes",
+    arch="segnet|deeplabv3",
+    method="[a-z0-9_]+",
+    task="[a-z0-9_]+",
+    optimizer="adam|sgd|signsgd",
+    lr="[0-9.e+-]+",
+    seed="[0-9]+",
+
+
+rule make_synthetic:
+    output:
+        directory("data/synthetic/{dataset}"),
+    log:
+        f"{LOGS}/make_synthetic/{{dataset}}.log",
+    conda:
+        "../../envs/mtlp.yaml"
+    params:
+        settings=lambda wildcards: synthetic_json(wildcards.dataset),
+    shell:
+        "mtlp make-synthetic --settings {params.settings:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule verify_dataset:
+    output:
+        f"{RESULTS}/data/{{dataset}}.verified.json",
+    log:
+        f"{LOGS}/verify_dataset/{{dataset}}.log",
+    conda:
+        "../../envs/mtlp.yaml"
+    params:
+        root=lambda wildcards: dataset_dir(wildcards.dataset),
+        labels=lambda wildcards: config["main"]["train"].get(
+            "cityscapes_labels", "label_7"
+        ),
+    shell:
+        "mtlp verify-dataset --dataset {wildcards.dataset} --root {params.root:q}"
+        " --labels {params.labels} --out {output:q} > {log:q} 2>&1"
+
+
+rule train_stl:
+    input:
+        data=lambda wildcards: dataset_input(wildcards.dataset),
+    output:
+        metrics=f"{RUNS}/{{dataset}}/{{arch}}/stl-{{task}}/{{optimizer}}/lr{{lr}}/seed{{seed}}/metrics.json",
+        history=f"{RUNS}/{{dataset}}/{{arch}}/stl-{{task}}/{{optimizer}}/lr{{lr}}/seed{{seed}}/history.csv",
+    log:
+        f"{LOGS}/train/{{dataset}}/{{arch}}/stl-{{task}}/{{optimizer}}/lr{{lr}}/seed{{seed}}.log",
+    conda:
+        "../../envs/mtlp.yaml"
+    threads: config["main"]["threads"]
+    params:
+        settings=lambda wildcards: train_json(wildcards, stl=True),
+        out=lambda wildcards, output: os.path.dirname(output.metrics),
+    shell:
+        "mtlp train --settings {params.settings:q} --out {params.out:q} --threads {threads}"
+        " > {log:q} 2>&1"
+
+
+rule baseline:
+    input:
+        lambda wildcards: stl_metrics(wildcards.dataset, wildcards.arch),
+    output:
+        f"{RESULTS}/baselines/{{dataset}}/{{arch}}.json",
+    log:
+        f"{LOGS}/baseline/{{dataset}}/{{arch}}.log",
+    conda:
+        "../../envs/mtlp.yaml"
+    shell:
+        "mtlp baseline {input:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule train:
+    input:
+        data=lambda wildcards: dataset_input(wildcards.dataset),
+        baseline=f"{RESULTS}/baselines/{{dataset}}/{{arch}}.json",
+    output:
+        metrics=f"{RUNS}/{{dataset}}/{{arch}}/{{method}}/{{optimizer}}/lr{{lr}}/seed{{seed}}/metrics.json",
+        history=f"{RUNS}/{{dataset}}/{{arch}}/{{method}}/{{optimizer}}/lr{{lr}}/seed{{seed}}/history.csv",
+    log:
+        f"{LOGS}/train/{{dataset}}/{{arch}}/{{method}}/{{optimizer}}/lr{{lr}}/seed{{seed}}.log",
+    conda:
+        "../../envs/mtlp.yaml"
+    threads: config["main"]["threads"]
+    params:
+        settings=lambda wildcards: train_json(wildcards, stl=False),
+        out=lambda wildcards, output: os.path.dirname(output.metrics),
+    shell:
+        "mtlp train --settings {params.settings:q} --out {params.out:q}"
+        " --baseline {input.baseline:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule aggregate_main:
+    input:
+        main_run_metrics(),
+    output:
+        runs=f"{RESULTS}/main/runs.csv",
+        directions=f"{RESULTS}/main/directions.json",
+        claims=f"{RESULTS}/claims/main.csv",
+    log:
+        f"{LOGS}/aggregate_main.log",
+    conda:
+        "../../envs/mtlp.yaml"
+    params:
+        sources=data_sources_args(),
+    shell:
+        "mtlp aggregate {input:q} --out {output.runs:q} --directions {output.directions:q}"
+        " --claims {output.claims:q} {params.sources} > {log:q} 2>&1"
+
+
+rule main_notebook:
+    input:
+        notebook="notebooks/main.ipynb",
+        runs=rules.aggregate_main.output.runs,
+        directions=rules.aggregate_main.output.directions,
+    output:
+        main_artefacts(),
+        notebook=notebook_files("main")[0],
+        html=notebook_files("main")[1],
+    log:
+        f"{LOGS}/main_notebook.log",
+    conda:
+        "../../envs/mtlp.yaml"
+    params:
+        figures=lambda wildcards, output: os.path.dirname(output[0]),
+        panels=panels_json(),
+    shell:
+        "mtlp notebook {input.notebook:q} --output {output.notebook:q} --html {output.html:q}"
+        " -p runs_path {input.runs:q} -p directions_path {input.directions:q}"
+        " -p figures_dir {params.figures:q} -p panels {params.panels:q} > {log:q} 2>&1"
