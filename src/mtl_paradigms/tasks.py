@@ -351,6 +351,9 @@ class Task(ABC):
     def meter(self, device: Device = "cpu") -> Meter:
         """A fresh metric accumulator on ``device``."""
 
+    def __post_init__(self) -> None:  # the subclasses are dataclasses
+        _check_name(self.name)
+
     def metric_keys(self) -> tuple[str, ...]:
         return tuple(metric_key(self.name, m.name) for m in self.metrics)
 
@@ -375,7 +378,7 @@ class SegmentationTask(Task):
     )
 
     def __post_init__(self) -> None:
-        _check_name(self.name)
+        super().__post_init__()
         if isinstance(self.num_classes, bool) or self.num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {self.num_classes!r}")
 
@@ -405,9 +408,6 @@ class DepthTask(Task):
         MetricSpec("rel_err", False),
     )
 
-    def __post_init__(self) -> None:
-        _check_name(self.name)
-
     @property
     def out_channels(self) -> int:
         return 1
@@ -431,9 +431,6 @@ class NormalTask(Task):
         *(MetricSpec(f"within_{t:g}", True) for t in NORMAL_THRESHOLDS),
     )
 
-    def __post_init__(self) -> None:
-        _check_name(self.name)
-
     @property
     def out_channels(self) -> int:
         return 3
@@ -456,9 +453,6 @@ class BinaryTask(Task):
         MetricSpec("accuracy", True),
         MetricSpec("f1", True),
     )
-
-    def __post_init__(self) -> None:
-        _check_name(self.name)
 
     @property
     def out_channels(self) -> int:
