@@ -353,6 +353,7 @@ def train(
         loss_sum, weight_sum, steps = _train_epoch(
             model, tasks, method, optimizer, train_split, settings, generator, autocast
         )
+        method.epoch_end((loss_sum / steps).detach())
         mean_losses = (loss_sum / steps).tolist()
         if not all(math.isfinite(v) for v in mean_losses):
             state.diverged = True

@@ -44,6 +44,9 @@ class Method(ABC):  # noqa: B024 - a common base; the abstract methods live in t
         """
         return []
 
+    def epoch_end(self, mean_losses: Tensor) -> None:  # noqa: B027 - optional hook
+        """Called by the trainer after every epoch with the ``(T,)`` mean training losses."""
+
     def state_dict(self) -> dict[str, object]:
         """State to checkpoint (learnable parameters are saved by value here too)."""
         return {}
