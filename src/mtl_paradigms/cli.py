@@ -118,18 +118,13 @@ def _cmd_baseline(args: argparse.Namespace) -> None:
 
 def _cmd_aggregate(args: argparse.Namespace) -> None:
     from mtl_paradigms.io import atomic_write, write_json
-    from mtl_paradigms.runs import read_metrics, runs_table
-    from mtl_paradigms.settings import from_mapping
-    from mtl_paradigms.tasks import make_tasks, metric_directions
-    from mtl_paradigms.train import TrainSettings
+    from mtl_paradigms.runs import metric_directions_of, read_metrics, runs_table
 
     sources = dict(item.split("=", 1) for item in args.source)
-    table = runs_table(args.inputs, sources)
+    records = [read_metrics(path) for path in args.inputs]
+    table = runs_table(records, sources)
+    directions = metric_directions_of(records)
     atomic_write(args.out, lambda p: table.to_csv(p, index=False))
-    directions: dict[str, bool] = {}
-    for path in args.inputs:
-        settings = from_mapping(TrainSettings, read_metrics(path)["settings"], str(path))
-        directions |= metric_directions(make_tasks(settings.dataset, settings.classes))
     write_json(args.directions, directions)
     log.info("wrote %s (%d runs) and %s", args.out, len(table), args.directions)
     if args.claims:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 RUN_COLUMNS = (
-    "dataset", "data_source", "arch", "method", "optimizer", "lr", "seed",
+    "dataset", "data_source", "arch", "method", "tasks", "optimizer", "lr", "seed",
     "diverged", "selected_epoch", "val_loss", "val_delta_m", "test_delta_m",
 )  # fmt: skip
 
@@ -68,14 +68,14 @@ def build_baseline(metrics_files: Sequence[str | os.PathLike[str]]) -> dict[str,
     return baseline
 
 
-def run_row(path: str | os.PathLike[str], data_source: str) -> dict[str, Any]:
-    """One row of the runs table from a run's ``metrics.json``."""
-    data = read_metrics(path)
+def run_row(data: Mapping[str, Any], data_source: str) -> dict[str, Any]:
+    """One row of the runs table from a run's loaded ``metrics.json``."""
     s = data["settings"]
     stl = s["tasks"] is not None and len(s["tasks"]) == 1 and s["selection"] == "val_loss"
     row: dict[str, Any] = {
         "dataset": s["dataset"], "data_source": data_source, "arch": s["arch"],
         "method": "stl" if stl else s["method"],
+        "tasks": "+".join(s["tasks"]) if s["tasks"] else "all",
         "optimizer": s["optimizer"], "lr": s["lr"], "seed": s["seed"],
         "diverged": bool(data["diverged"]), "selected_epoch": data["selected_epoch"],
         "val_loss": _num(data.get("val_loss_selected")),
@@ -88,19 +88,31 @@ def run_row(path: str | os.PathLike[str], data_source: str) -> dict[str, Any]:
 
 
 def runs_table(
-    metrics_files: Sequence[str | os.PathLike[str]], data_sources: Mapping[str, str]
+    records: Sequence[Mapping[str, Any]], data_sources: Mapping[str, str]
 ) -> pd.DataFrame:
-    """The tidy table of runs (one row each), sorted for stable output."""
-    rows = [
-        run_row(p, data_sources.get(read_metrics(p)["settings"]["dataset"], "real"))
-        for p in metrics_files
-    ]
+    """The tidy table of runs (one row per loaded ``metrics.json``), sorted for stable output."""
+    rows = [run_row(r, data_sources.get(r["settings"]["dataset"], "real")) for r in records]
     frame = pd.DataFrame(rows)
     metric_cols = sorted(c for c in frame.columns if c not in RUN_COLUMNS)
     frame = frame[[*RUN_COLUMNS, *metric_cols]]
-    return frame.sort_values(["dataset", "arch", "method", "optimizer", "lr", "seed"]).reset_index(
-        drop=True
-    )
+    keys = ["dataset", "arch", "method", "tasks", "optimizer", "lr", "seed"]
+    return frame.sort_values(keys).reset_index(drop=True)
+
+
+def metric_directions_of(records: Sequence[Mapping[str, Any]]) -> dict[str, bool]:
+    """Higher-is-better flag of every metric the runs report (``task/metric`` keys)."""
+    from mtl_paradigms.settings import from_mapping
+    from mtl_paradigms.tasks import make_tasks, metric_directions
+    from mtl_paradigms.train import TrainSettings
+
+    directions: dict[str, bool] = {}
+    seen = set()
+    for record in records:
+        settings = from_mapping(TrainSettings, record["settings"], "metrics.json settings")
+        if (settings.dataset, settings.classes) not in seen:
+            seen.add((settings.dataset, settings.classes))
+            directions |= metric_directions(make_tasks(settings.dataset, settings.classes))
+    return directions
 
 
 def _num(value: Any) -> float:

@@ -18,7 +18,7 @@ import torch
 from mtl_paradigms.data.synthetic.scenes import SyntheticSettings, write_synthetic_mtan
 from mtl_paradigms.methods import EW, make_method
 from mtl_paradigms.models import build_model
-from mtl_paradigms.runs import build_baseline, runs_table
+from mtl_paradigms.runs import build_baseline, read_metrics, runs_table
 from mtl_paradigms.settings import SettingsError
 from mtl_paradigms.tasks import make_tasks
 from mtl_paradigms.train import CHECKPOINT, HISTORY, METRICS, TrainSettings, train, training_step
@@ -155,7 +155,7 @@ def test_ew_weighting_and_ew_aggregation_give_the_same_gradients() -> None:
 
 def test_runs_table_and_baseline(data_dir: Path, baseline: dict, tmp_path: Path) -> None:
     train(mtl(data_dir, epochs=1), tmp_path / "ew", baseline=baseline)
-    table = runs_table([tmp_path / "ew" / METRICS], {"nyuv2": "synthetic"})
+    table = runs_table([read_metrics(tmp_path / "ew" / METRICS)], {"nyuv2": "synthetic"})
     assert table.loc[0, "method"] == "ew"
     assert table.loc[0, "data_source"] == "synthetic"
     assert "normal/median" in table.columns
