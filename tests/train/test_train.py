@@ -11,12 +11,13 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from mtl_paradigms.data.synthetic.scenes import SyntheticSettings, write_synthetic_mtan
-from mtl_paradigms.methods import EW, make_method
+from mtl_paradigms.methods import EW, METHODS, make_method
 from mtl_paradigms.models import build_model
 from mtl_paradigms.runs import build_baseline, read_metrics, runs_table
 from mtl_paradigms.settings import SettingsError
@@ -116,16 +117,25 @@ def test_delta_m_selection_needs_a_baseline(data_dir: Path, tmp_path: Path) -> N
         train(mtl(data_dir), tmp_path)
 
 
-@pytest.mark.parametrize("method", ["ew", "uwo", "pcgrad", "cagrad"])
-@pytest.mark.parametrize("optimizer", ["adam", "sgd", "signsgd"])
+@pytest.mark.parametrize(
+    ("method", "optimizer"),
+    [(m, o) for m in ("ew", "uwo", "pcgrad") for o in ("adam", "sgd", "signsgd")]
+    + [(m, "adam") for m in sorted(METHODS) if m not in ("ew", "uwo", "pcgrad", "fixed")]
+    + [("fixed", "adam")],
+)
 def test_every_method_and_optimizer_trains(
     data_dir: Path, baseline: dict, tmp_path: Path, method: str, optimizer: str
 ) -> None:
-    metrics = train(
-        mtl(data_dir, method=method, optimizer=optimizer, epochs=1), tmp_path, baseline=baseline
-    )
+    params = {"weights": [0.5, 0.3, 0.2]} if method == "fixed" else {}
+    # Three epochs, so that DWA's weights leave uniform (it needs two epochs of history).
+    run = mtl(data_dir, method=method, method_params=params, optimizer=optimizer, epochs=3)
+    metrics = train(run, tmp_path, baseline=baseline)
     assert metrics["diverged"] is False
     assert metrics["val_delta_m"] is not None
+    if method == "dwa":
+        weights = pd.read_csv(tmp_path / HISTORY).filter(like="weight/").to_numpy()
+        assert np.allclose(weights[:2], 1 / 3)  # uniform until two epochs are known
+        assert not np.allclose(weights[2], 1 / 3)
 
 
 def test_ew_weighting_and_ew_aggregation_give_the_same_gradients() -> None:

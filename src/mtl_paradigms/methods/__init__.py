@@ -1,18 +1,28 @@
 """Multi-task methods behind one interface (see :mod:`mtl_paradigms.methods.base`)."""
 
+from mtl_paradigms.methods.aggregators import IMTLG, MGDA, AlignedMTL, GradDrop
 from mtl_paradigms.methods.base import Aggregator, Method, Weighting
 from mtl_paradigms.methods.gradient import CAGrad, PCGrad
+from mtl_paradigms.methods.loss_weightings import DWA, IMTLL, RLW, SI
 from mtl_paradigms.methods.registry import METHODS, make_method
 from mtl_paradigms.methods.weighting import EW, UW, UWO, FixedWeights
 
 __all__ = [
+    "DWA",
     "EW",
+    "IMTLG",
+    "IMTLL",
     "METHODS",
+    "MGDA",
+    "RLW",
+    "SI",
     "UW",
     "UWO",
     "Aggregator",
+    "AlignedMTL",
     "CAGrad",
     "FixedWeights",
+    "GradDrop",
     "Method",
     "PCGrad",
     "Weighting",

@@ -6,13 +6,17 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from mtl_paradigms.methods.aggregators import IMTLG, MGDA, AlignedMTL, GradDrop
 from mtl_paradigms.methods.base import Method
 from mtl_paradigms.methods.gradient import CAGrad, PCGrad
+from mtl_paradigms.methods.loss_weightings import DWA, IMTLL, RLW, SI
 from mtl_paradigms.methods.weighting import EW, UW, UWO, FixedWeights
 
-METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (EW, FixedWeights, UW, UWO, PCGrad, CAGrad)
-}
+_ALL: tuple[type[Method], ...] = (
+    EW, FixedWeights, UW, UWO, RLW, SI, IMTLL, DWA,
+    PCGrad, CAGrad, MGDA, IMTLG, AlignedMTL, GradDrop,
+)  # fmt: skip
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _ALL}
 
 
 def make_method(name: str, params: Mapping[str, Any] | None = None) -> Method:
