@@ -331,7 +331,7 @@ def test_default_settings() -> None:
     [
         ({"optimizers": ["sgd"]}, "optimizers"),
         ({"optimizers": []}, "optimizers"),
-        ({"methods": ["mgda"]}, "methods"),
+        ({"methods": ["no_such_method"]}, "methods"),
         ({"methods": ["uwo"]}, "methods"),  # a loss weighting, not an aggregator
         ({"learning_rates": [1.0, 0.0], "table1_learning_rates": [1.0]}, "learning_rates"),
         ({"learning_rates": [1.0, -0.1], "table1_learning_rates": [1.0]}, "learning_rates"),
