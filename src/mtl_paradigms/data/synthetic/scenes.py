@@ -568,6 +568,20 @@ def _in_view(
     return camera.position[0] + dist * math.sin(angle), camera.position[2] + dist * math.cos(angle)
 
 
+def _object_identity(
+    settings: SyntheticSettings,
+    rng: np.random.Generator,
+    category: int,
+    scale_range: tuple[float, float],
+) -> tuple[str, int, Material]:
+    """Object category ``k``: shape ``k % 3``, class id after the structural classes, a colour
+    from hue band ``k // 3`` and a material whose texture scale is drawn from ``scale_range``."""
+    kind = PRIMITIVES[category % len(PRIMITIVES)]
+    label = len(STRUCTURAL_CLASSES[settings.dataset]) + category
+    color = _object_color(rng, category // len(PRIMITIVES), num_families(settings))
+    return kind, label, _material(rng, color, scale_range)
+
+
 def _room_object(
     settings: SyntheticSettings,
     rng: np.random.Generator,
@@ -576,10 +590,7 @@ def _room_object(
     half_w: float,
     back: float,
 ) -> Surface:
-    kind = PRIMITIVES[category % len(PRIMITIVES)]
-    label = len(STRUCTURAL_CLASSES[settings.dataset]) + category
-    color = _object_color(rng, category // len(PRIMITIVES), num_families(settings))
-    material = _material(rng, color, (0.05, 0.25))
+    kind, label, material = _object_identity(settings, rng, category, (0.05, 0.25))
     x, z = _in_view(rng, camera, 1.6, back)
     shape: Shape
     if kind == "sphere":
@@ -670,10 +681,7 @@ def _street_object(
     curb: float,
 ) -> Surface:
     """Boxes stand on the road (vehicles), spheres and cylinders on the sidewalks."""
-    kind = PRIMITIVES[category % len(PRIMITIVES)]
-    label = len(STRUCTURAL_CLASSES[settings.dataset]) + category
-    color = _object_color(rng, category // len(PRIMITIVES), num_families(settings))
-    material = _material(rng, color, (0.1, 0.6))
+    kind, label, material = _object_identity(settings, rng, category, (0.1, 0.6))
     z = rng.uniform(5.0, 45.0)
     side = 1.0 if rng.uniform() < 0.5 else -1.0
     shape: Shape
