@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -626,26 +627,39 @@ def grid_claims(runs: pd.DataFrame, directions: Mapping[str, bool]) -> list[Clai
 # --------------------------------------------------------------------------- all artefacts
 
 
+@dataclass(frozen=True)
+class MainArtefacts:
+    """What :func:`write_main_artefacts` wrote, for a notebook to show without recomputing."""
+
+    figures: dict[str, Figure]  # artefact id -> figure (closed; IPython's display still shows it)
+    tables: dict[str, pd.DataFrame]  # artefact id -> table
+
+
 def write_main_artefacts(
     runs: pd.DataFrame,
     directions: Mapping[str, bool],
     panels: Sequence[Mapping[str, str]],
     figures_dir: str | os.PathLike[str],
-) -> None:
+) -> MainArtefacts:
     """Every artefact of the main experiment under the paper's ids, as the workflow declares.
 
     ``panels``: one mapping per dataset x architecture with keys ``dataset``, ``arch``,
     ``figure`` (e.g. ``fig2_segnet``) and ``table`` (e.g. ``tableA4``). Writes the per-panel
-    parallel-coordinate figure and Tables A4-A7, plus ``table2``, ``tableA2`` and ``figA3``.
+    parallel-coordinate figure and Tables A4-A7, plus ``table2``, ``tableA2`` and ``figA3``,
+    and returns them keyed by those ids.
     """
     out = Path(figures_dir)
+    figures: dict[str, Figure] = {}
     for panel in panels:
-        fig = plot_parallel_coordinates(
+        figures[panel["figure"]] = plot_parallel_coordinates(
             runs, panel["dataset"], panel["arch"], None, directions, stem=out / panel["figure"]
         )
-        plt.close(fig)
+    figures["figA3"] = plot_fig_a3(runs, stem=out / "figA3")
+    for fig in figures.values():
+        plt.close(fig)  # written; shown where the notebook asks, not all at once
     names = {panel_name(p["dataset"], p["arch"]): p["table"] for p in panels}
-    tables_a4_a7(runs, directions, out_dir=out, names=names)
-    table2(runs, directions, stem=out / "table2")
-    table_a2(runs, directions, stem=out / "tableA2")
-    plt.close(plot_fig_a3(runs, stem=out / "figA3"))
+    panel_tables = tables_a4_a7(runs, directions, out_dir=out, names=names)
+    tables = {names[key]: table for key, table in panel_tables.items() if key in names}
+    tables["table2"] = table2(runs, directions, stem=out / "table2")
+    tables["tableA2"] = table_a2(runs, directions, stem=out / "tableA2")
+    return MainArtefacts(figures, tables)
