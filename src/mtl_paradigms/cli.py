@@ -155,13 +155,11 @@ def _cmd_methods(args: argparse.Namespace) -> None:
 
 
 def _cmd_notebook(args: argparse.Namespace) -> None:
+    import yaml
+
     from mtl_paradigms.notebooks import execute_notebook
 
-    params = {}
-    for key, value in args.param:
-        import yaml
-
-        params[key] = yaml.safe_load(value)
+    params = {key: yaml.safe_load(value) for key, value in args.param}
     execute_notebook(args.notebook, args.output, args.html, params, cwd=args.cwd)
     log.info("wrote %s and %s", args.output, args.html)
 

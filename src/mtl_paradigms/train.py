@@ -23,6 +23,7 @@ Conventions
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -273,8 +274,6 @@ def load_baseline(path: str | os.PathLike[str] | None) -> dict[str, dict[str, fl
     """The single-task baseline (``{"val": {...}, "test": {...}}``) written by ``mtlp baseline``."""
     if path is None:
         return None
-    import json
-
     data = json.loads(Path(path).read_text())
     for key in ("val", "test"):
         if key not in data:
