@@ -1,7 +1,7 @@
 """Multi-task methods behind one interface (see :mod:`mtl_paradigms.methods.base`)."""
 
 from mtl_paradigms.methods.aggregators import IMTLG, MGDA, AlignedMTL, GradDrop
-from mtl_paradigms.methods.base import Aggregator, Method, Weighting
+from mtl_paradigms.methods.base import Aggregator, Method, WeightedAggregator, Weighting
 from mtl_paradigms.methods.gradient import CAGrad, PCGrad
 from mtl_paradigms.methods.loss_weightings import DWA, IMTLL, RLW, SI
 from mtl_paradigms.methods.registry import METHODS, make_method
@@ -25,6 +25,7 @@ __all__ = [
     "GradDrop",
     "Method",
     "PCGrad",
+    "WeightedAggregator",
     "Weighting",
     "make_method",
 ]

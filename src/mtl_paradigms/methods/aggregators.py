@@ -15,13 +15,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mtl_paradigms.methods.base import Aggregator, check_matrix, gramian
+from mtl_paradigms.methods.base import Aggregator, WeightedAggregator, check_matrix, gramian
 from mtl_paradigms.methods.simplex import minimize_on_simplex
-
-
-def _combine(weights: Tensor, grads: Tensor) -> Tensor:
-    """``sum_t w_t g_t`` for weights ``(*batch, T)`` and gradients ``(*batch, T, D)``."""
-    return (weights.unsqueeze(-2) @ grads).squeeze(-2)
 
 
 def _quadratic(w: Tensor, gram: Tensor) -> Tensor:
@@ -33,7 +28,7 @@ MAX_EXACT_TASKS = 8
 """MGDA enumerates supports exactly up to this many tasks (255 small solves)."""
 
 
-class MGDA(Aggregator):
+class MGDA(WeightedAggregator):
     """MGDA (Désidéri, 2012; Sener & Koltun, 2018): the min-norm convex combination.
 
     Finds ``w* = argmin_{w in simplex} |sum_t w_t g_t|^2`` and returns ``d = sum_t w*_t g_t``,
@@ -76,9 +71,6 @@ class MGDA(Aggregator):
         if num_tasks <= MAX_EXACT_TASKS:
             return _min_norm_by_supports(gram)
         return minimize_on_simplex(lambda w: _quadratic(w, gram), gram, iterations=self.iterations)
-
-    def __call__(self, grads: Tensor) -> Tensor:
-        return _combine(self.task_weights(grads), grads)
 
 
 def _min_norm_by_supports(gram: Tensor) -> Tensor:
@@ -130,7 +122,7 @@ def _mgda_two_task_weights(gram: Tensor) -> Tensor:
     return torch.stack([x, 1.0 - x], dim=-1)
 
 
-class IMTLG(Aggregator):
+class IMTLG(WeightedAggregator):
     """IMTL-G (Liu et al., 2021, "Towards impartial multi-task learning"), gradient part.
 
     Finds weights ``alpha`` with ``sum_t alpha_t = 1`` such that ``d = sum_t alpha_t g_t`` has
@@ -166,14 +158,11 @@ class IMTLG(Aggregator):
         first = 1.0 - rest.sum(dim=-1, keepdim=True)
         return torch.cat([first, rest], dim=-1)
 
-    def __call__(self, grads: Tensor) -> Tensor:
-        return _combine(self.task_weights(grads), grads)
-
 
 ScaleMode = Literal["min", "median", "rmse"]
 
 
-class AlignedMTL(Aggregator):
+class AlignedMTL(WeightedAggregator):
     """Aligned-MTL (Senushkin et al., 2023, "Independent component alignment for MTL").
 
     With the Gram matrix ``G G^T = V diag(lambda) V^T``, the balance transformation is
@@ -238,9 +227,6 @@ class AlignedMTL(Aggregator):
     def task_weights(self, grads: Tensor) -> Tensor:
         """Weights ``w = 1^T B / T`` on the original gradients, shape ``(*batch, T)``."""
         return self.balance_matrix(grads).mean(dim=-2)
-
-    def __call__(self, grads: Tensor) -> Tensor:
-        return _combine(self.task_weights(grads), grads)
 
 
 class GradDrop(Aggregator):

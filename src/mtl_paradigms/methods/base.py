@@ -74,13 +74,47 @@ class Weighting(Method):
 
 
 class Aggregator(Method):
-    """Maps per-task shared gradients ``(*batch, T, D)`` to an update direction ``(*batch, D)``."""
+    """Maps per-task shared gradients ``(*batch, T, D)`` to an update direction ``(*batch, D)``.
+
+    ``representation = True`` asks the trainer for the per-task gradients with respect to the
+    shared *representation* (MGDA-UB) instead of the shared parameters; the direction returned
+    is then back-propagated through the encoder.
+    """
 
     requires_grads = True
+    representation: bool = False
 
     @abstractmethod
     def __call__(self, grads: Tensor) -> Tensor:
         """The update direction for the shared parameters."""
+
+    def aggregate(self, grads: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The direction and, where the method has them, its task weights ``w`` with
+        ``direction = sum_t w_t g_t`` (shape ``(*batch, T)``), else ``None``.
+
+        The trainer logs the weights per epoch (for plots and the fixed-weights procedure).
+        """
+        return self(grads), None
+
+
+class WeightedAggregator(Aggregator):
+    """An aggregator whose direction is a combination ``sum_t w_t g_t`` of the task gradients."""
+
+    @abstractmethod
+    def task_weights(self, grads: Tensor) -> Tensor:
+        """The weights ``w``, shape ``(*batch, T)``."""
+
+    def __call__(self, grads: Tensor) -> Tensor:
+        return self.aggregate(grads)[0]
+
+    def aggregate(self, grads: Tensor) -> tuple[Tensor, Tensor]:
+        w = self.task_weights(grads)
+        return combine(w, grads), w
+
+
+def combine(weights: Tensor, grads: Tensor) -> Tensor:
+    """``sum_t w_t g_t`` for weights ``(*batch, T)`` and gradients ``(*batch, T, D)``."""
+    return (weights.unsqueeze(-2) @ grads).squeeze(-2)
 
 
 def check_matrix(grads: Tensor) -> None:

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mtl_paradigms.methods.base import Aggregator, check_matrix, gramian
+from mtl_paradigms.methods.base import Aggregator, check_matrix, combine, gramian
 from mtl_paradigms.methods.simplex import minimize_on_simplex
 
 
@@ -95,20 +95,24 @@ class CAGrad(Aggregator):
         return minimize_on_simplex(lambda w: _cagrad_objective(w, gram, b, k), gram, b, k)
 
     def __call__(self, grads: Tensor) -> Tensor:
+        return self.aggregate(grads)[0]
+
+    def aggregate(self, grads: Tensor) -> tuple[Tensor, Tensor]:
+        """The direction and its effective weights ``(1/T + lam w_t) / rescale``."""
         w = self.task_weights(grads)
-        g0 = grads.mean(dim=-2)
+        num_tasks = grads.shape[-2]
         g_w = (w.unsqueeze(-1) * grads).sum(dim=-2)
-        g0_norm = g0.norm(dim=-1, keepdim=True)
+        g0_norm = grads.mean(dim=-2).norm(dim=-1, keepdim=True)
         gw_norm = g_w.norm(dim=-1, keepdim=True)
         lam = torch.where(
             gw_norm > 0, self.c * g0_norm / gw_norm.clamp_min(torch.finfo(grads.dtype).tiny), 0.0
         )
-        d = g0 + lam * g_w
+        weights = 1.0 / num_tasks + lam * w
         if self.rescale == "1+c":
-            d = d / (1.0 + self.c)
+            weights = weights / (1.0 + self.c)
         elif self.rescale == "1+c^2":
-            d = d / (1.0 + self.c**2)
-        return d
+            weights = weights / (1.0 + self.c**2)
+        return combine(weights, grads), weights
 
 
 def _cagrad_objective(w: Tensor, gram: Tensor, b: Tensor, k: Tensor) -> Tensor:
