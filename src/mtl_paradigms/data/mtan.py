@@ -489,3 +489,33 @@ def describe(split: MTANSplit) -> Mapping[str, object]:
             valid = (target != 0).any(dim=1)
             info[task] = {"valid": float(valid.float().mean())}
     return info
+
+
+# --------------------------------------------------------------------------------------------
+# Layout of a whole release
+# --------------------------------------------------------------------------------------------
+
+
+def check_layout(root: str | Path, dataset: str, expect_sizes: bool = False) -> dict[str, int]:
+    """Images per split, after checking every folder of :data:`FOLDERS` in both splits.
+
+    Each folder must hold ``0.npy .. {N-1}.npy`` with the same ``N`` across a split's folders
+    (label_7 *and* label_19 for Cityscapes). ``expect_sizes`` also requires the counts of the
+    MTAN release (:data:`SIZES`). Cheap: reads file names, not arrays.
+    """
+    if dataset not in FOLDERS:
+        raise ValueError(f"dataset must be one of {list(DATASETS)}, got {dataset!r}")
+    base = Path(root)
+    if not base.is_dir():
+        raise DatasetError(f"{base}: dataset folder is missing")
+    counts = {split: _count_files(base / split, FOLDERS[dataset]) for split in SPLITS}
+    if expect_sizes and counts != SIZES[dataset]:
+        raise DatasetError(
+            f"{base}: {dataset} holds {counts} images, the MTAN release has {SIZES[dataset]}"
+        )
+    return counts
+
+
+def looks_like_release(root: Path, dataset: str) -> bool:
+    """Whether ``root`` has ``train/`` and ``val/`` with every folder of the dataset."""
+    return all((root / split / folder).is_dir() for split in SPLITS for folder in FOLDERS[dataset])

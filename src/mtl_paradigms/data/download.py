@@ -1,0 +1,574 @@
+"""Downloads and archives: resumable, verified, atomic, with safe extraction.
+
+Download (:func:`download_file`)
+--------------------------------
+* The bytes go to ``<dest>.part``; only a file whose checksums match is renamed to ``<dest>``,
+  so a failed or interrupted download never leaves a file that looks complete.
+* Resumable: an existing ``.part`` is continued with an HTTP ``Range`` request. A server that
+  ignores the range (``200``) restarts the file; a short body (connection dropped) is retried
+  from where it stopped.
+* Retries with exponential backoff (``backoff * 2**attempt`` seconds) on connection errors,
+  timeouts, truncated bodies, HTTP 429 and 5xx; HTTP 4xx other than 429 is final for that URL.
+  Several URLs (mirrors) are tried in order.
+* Checksums: the known ``md5``/``sha256`` (:mod:`mtl_paradigms.data.sources`) are checked;
+  where no sha256 is known, the first successful download records it in a ``checksums.json``
+  (key -> sha256, size, url) and later downloads of the same key are checked against it.
+* Google Drive: the "cannot scan this file for viruses" page of large files is answered (its
+  confirm form, or the older ``download_warning`` cookie) and the real file is fetched.
+* Errors (:class:`DownloadError`, :class:`ChecksumError`) name the URL, the expected and actual
+  checksum and what to do (another mirror, or a manual download to the exact path).
+
+Archives (:func:`safe_extract`)
+-------------------------------
+``.tar``/``.tar.gz``/``.tgz`` through :mod:`tarfile`'s ``"data"`` filter (rejects absolute
+paths, ``..``, links leaving the target, devices); ``.zip`` with the same checks done here
+(absolute names, ``..`` components, drive letters, symbolic links). Extraction goes to a
+temporary folder beside the target, renamed into place on success; a rejected archive leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import html.parser
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from urllib.parse import parse_qs, urlencode, urlparse
+
+import requests
+from tqdm.auto import tqdm
+
+from mtl_paradigms.io import write_json
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+USER_AGENT = "mtl-paradigms (+https://pypi.org/project/requests/)"
+PART_SUFFIX = ".part"
+FINAL_HTTP = frozenset({400, 401, 403, 404, 405, 410, 451})
+_DRIVE_HOSTS = ("drive.google.com", "docs.google.com", "drive.usercontent.google.com")
+
+
+class DownloadError(RuntimeError):
+    """A file could not be fetched; the message names the URL(s) and what to do."""
+
+
+class ChecksumError(DownloadError):
+    """A file's checksum differs from the known or recorded one."""
+
+
+class ExtractionError(ValueError):
+    """An archive is unsafe (absolute path, ``..``, link, device) or unreadable."""
+
+
+class _TransientError(Exception):
+    """A failure worth retrying (dropped connection, 5xx, 429, truncated body)."""
+
+
+@dataclass(frozen=True)
+class Checksums:
+    """Known checksums of one file (hex digests, lower case); ``None`` where unknown."""
+
+    md5: str | None = None
+    sha256: str | None = None
+    sha256_prefix: str | None = None  # e.g. torchvision checkpoints name the first 8 digits
+
+
+# --------------------------------------------------------------------------------------------
+# Hashing and the record of first-download checksums
+# --------------------------------------------------------------------------------------------
+
+
+def file_digests(path: str | os.PathLike[str]) -> dict[str, str]:
+    """``{"md5": ..., "sha256": ...}`` of a file, read once."""
+    md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK_BYTES):
+            md5.update(block)
+            sha256.update(block)
+    return {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_record(record: str | os.PathLike[str] | None) -> dict[str, dict[str, object]]:
+    """The recorded checksums (key -> entry); empty when there is no record file."""
+    if record is None or not Path(record).is_file():
+        return {}
+    try:
+        data = json.loads(Path(record).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DownloadError(
+            f"{record}: the checksum record is not valid JSON ({err}); fix or delete it"
+        ) from err
+    if not isinstance(data, dict):
+        raise DownloadError(f"{record}: the checksum record must be a JSON object")
+    return data
+
+
+def recorded_sha256(record: str | os.PathLike[str] | None, key: str) -> str | None:
+    entry = read_record(record).get(key)
+    return str(entry["sha256"]) if isinstance(entry, dict) and "sha256" in entry else None
+
+
+def record_checksum(
+    record: str | os.PathLike[str], key: str, sha256: str, size: int, source: str
+) -> None:
+    """Add ``key`` to the record (atomically, under a lock); an existing entry is kept."""
+    path = Path(record)
+    with _locked(path):
+        data = read_record(path)
+        if key in data:
+            return
+        data[key] = {
+            "sha256": sha256,
+            "size": size,
+            "source": source,
+            "recorded": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        write_json(path, data)
+    logger.info("recorded sha256 %s of %s in %s", sha256, key, path)
+
+
+def verify_file(
+    path: Path,
+    known: Checksums,
+    record: str | os.PathLike[str] | None,
+    key: str,
+    source: str,
+) -> dict[str, str]:
+    """Check ``path`` against the known and recorded checksums; raise :class:`ChecksumError`.
+
+    ``source`` (a URL or a local path) only appears in the message.
+    """
+    actual = file_digests(path)
+    expected: list[tuple[str, str, str]] = []
+    if known.md5:
+        expected.append(("md5", known.md5.lower(), "known"))
+    if known.sha256:
+        expected.append(("sha256", known.sha256.lower(), "known"))
+    if not known.sha256 and (sha := recorded_sha256(record, key)) is not None:
+        expected.append(("sha256", sha.lower(), f"recorded in {record} on the first download"))
+    if known.sha256_prefix and not known.sha256:
+        prefix = known.sha256_prefix.lower()
+        expected.append(("sha256", prefix + "…", "known prefix"))
+    for kind, want, where in expected:
+        ok = actual[kind].startswith(want[:-1]) if want.endswith("…") else actual[kind] == want
+        if not ok:
+            raise ChecksumError(
+                f"{source}: {kind} mismatch for {key}: expected {want} ({where}), got "
+                f"{actual[kind]} ({path.stat().st_size} bytes). The file is corrupt or not the "
+                "one expected. Try a mirror (config data.mirrors), or download it by hand and "
+                "give its path (config data.local); if the source changed on purpose, delete "
+                f"the entry {key!r} of {record}."
+            )
+    return actual
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP
+# --------------------------------------------------------------------------------------------
+
+
+def gdrive_url(file_id: str) -> str:
+    """The direct-download URL of a Google Drive file id."""
+    return f"https://drive.google.com/uc?{urlencode({'export': 'download', 'id': file_id})}"
+
+
+class _FormParser(html.parser.HTMLParser):
+    """Collects the action and the hidden inputs of the first ``<form>`` of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action: str | None = None
+        self.inputs: dict[str, str] = {}
+        self._in_form = False
+        self._done = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v or "" for k, v in attrs}
+        if tag == "form" and not self._done:
+            self._in_form = True
+            self.action = values.get("action")
+        elif tag == "input" and self._in_form and values.get("name"):
+            self.inputs[values["name"]] = values.get("value", "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form" and self._in_form:
+            self._in_form, self._done = False, True
+
+
+def drive_confirm_url(url: str, page: str, cookies: dict[str, str]) -> str | None:
+    """The URL that confirms a Google Drive download, from its warning page; ``None`` if none.
+
+    Current pages carry a form (action ``drive.usercontent.google.com/download`` with hidden
+    ``id``, ``export``, ``confirm``, ``uuid``); older ones set a ``download_warning*`` cookie
+    whose value is the confirm token.
+    """
+    parser = _FormParser()
+    parser.feed(page)
+    if parser.action and "confirm" in parser.inputs:
+        return f"{parser.action}?{urlencode(parser.inputs)}"
+    for name, value in cookies.items():
+        if name.startswith("download_warning"):
+            query = parse_qs(urlparse(url).query)
+            file_id = query.get("id", [""])[0]
+            params = {"export": "download", "id": file_id, "confirm": value}
+            return f"https://drive.google.com/uc?{urlencode(params)}"
+    match = re.search(r"confirm=([0-9A-Za-z_-]+)", page)
+    if match and "id=" in url:
+        return f"{url}&confirm={match.group(1)}"
+    return None
+
+
+def _is_drive(url: str) -> bool:
+    return urlparse(url).hostname in _DRIVE_HOSTS
+
+
+def _total_from(response: requests.Response, offset: int) -> int | None:
+    content_range = response.headers.get("Content-Range", "")
+    match = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", content_range)
+    if match and match.group(3) != "*":
+        return int(match.group(3))
+    length = response.headers.get("Content-Length")
+    if length is not None and length.isdigit():
+        return offset + int(length)
+    return None
+
+
+def _fetch_once(
+    session: requests.Session,
+    url: str,
+    part: Path,
+    timeout: float,
+    progress: bool,
+    label: str,
+) -> None:
+    """One attempt to bring ``part`` to the full file at ``url``; raise :class:`_TransientError`."""
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        response = session.get(url, headers=headers, stream=True, timeout=timeout)
+    except (requests.ConnectionError, requests.Timeout) as err:
+        raise _TransientError(f"cannot connect ({err.__class__.__name__}: {err})") from err
+    with response:
+        status = response.status_code
+        if status == 416 and offset:
+            match = re.match(r"bytes \*/(\d+)", response.headers.get("Content-Range", ""))
+            if match and int(match.group(1)) == offset:
+                return  # the part file is already complete
+            part.unlink()
+            raise _TransientError("the server refused to resume; starting over")
+        if status in FINAL_HTTP or (400 <= status < 500 and status != 429):
+            raise DownloadError(f"{url}: HTTP {status} {response.reason}")
+        if status == 429 or status >= 500:
+            raise _TransientError(f"HTTP {status} {response.reason}")
+        if status not in (200, 206):
+            raise DownloadError(f"{url}: unexpected HTTP {status} {response.reason}")
+        if _is_drive(url) and "text/html" in response.headers.get("Content-Type", ""):
+            page = response.text
+            confirm = drive_confirm_url(url, page, session.cookies.get_dict())
+            if confirm is None:
+                raise DownloadError(
+                    f"{url}: Google Drive answered with a web page instead of the file (quota "
+                    "exceeded, or the file is no longer shared). Download it in a browser"
+                )
+            logger.info("%s: answering the Google Drive confirmation", url)
+            _fetch_once(session, confirm, part, timeout, progress, label)
+            return
+        if status == 206:
+            start = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+            if start is None or int(start.group(1)) != offset:
+                part.unlink()
+                raise _TransientError("the server answered the range request with other bytes")
+            mode = "ab"
+        else:
+            if offset:
+                logger.info("%s: the server does not resume; restarting from byte 0", url)
+            offset, mode = 0, "wb"
+        total = _total_from(response, offset)
+        written = offset
+        with (
+            open(part, mode) as handle,
+            tqdm(
+                total=total, initial=offset, unit="B", unit_scale=True, desc=label,
+                disable=not progress, leave=False,
+            ) as bar,
+        ):  # fmt: skip
+            try:
+                for block in response.iter_content(CHUNK_BYTES):
+                    handle.write(block)
+                    written += len(block)
+                    bar.update(len(block))
+            except (requests.RequestException, OSError) as err:
+                raise _TransientError(
+                    f"connection broken after {written} of {total or '?'} bytes ({err})"
+                ) from err
+        if total is not None and written != total:
+            raise _TransientError(f"connection closed after {written} of {total} bytes")
+
+
+def _fetch(
+    session: requests.Session,
+    url: str,
+    part: Path,
+    retries: int,
+    backoff: float,
+    timeout: float,
+    progress: bool,
+    label: str,
+    sleep: Callable[[float], None],
+) -> None:
+    last: Exception | None = None
+    for attempt in range(retries + 1):
+        try:
+            _fetch_once(session, url, part, timeout, progress, label)
+            return
+        except _TransientError as err:
+            last = err
+            if attempt < retries:
+                delay = backoff * 2**attempt
+                logger.warning(
+                    "%s: %s; retry %d/%d in %.1f s", url, err, attempt + 1, retries, delay
+                )
+                sleep(delay)
+    kept = f"; the partial file {part} is kept, run again to resume" if part.exists() else ""
+    raise DownloadError(f"{url}: gave up after {retries + 1} attempts ({last}){kept}")
+
+
+def download_file(
+    urls: Sequence[str],
+    dest: str | os.PathLike[str],
+    checksums: Checksums | None = None,
+    record: str | os.PathLike[str] | None = None,
+    key: str | None = None,
+    retries: int = 4,
+    backoff: float = 2.0,
+    timeout: float = 60.0,
+    progress: bool | None = None,
+    session: requests.Session | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Path:
+    """Fetch the first of ``urls`` that works into ``dest``, verified; return ``dest``.
+
+    An existing ``dest`` is verified and kept. ``record``/``key``: the checksum record and this
+    file's key in it (default: the file name). See the module doc for resume, retries and errors.
+    """
+    target = Path(dest)
+    key = key or target.name
+    checksums = checksums or Checksums()
+    if not urls:
+        raise DownloadError(f"{target}: no URL to download from")
+    if target.exists():
+        verify_file(target, checksums, record, key, str(target))
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + PART_SUFFIX)
+    show = progress if progress is not None else None
+    own_session = session is None
+    http = session or requests.Session()
+    http.headers.setdefault("User-Agent", USER_AGENT)
+    failures: list[str] = []
+    try:
+        for url in urls:
+            for fresh in (False, True):
+                resumed = part.exists() and part.stat().st_size > 0
+                try:
+                    _fetch(
+                        http, url, part, retries, backoff, timeout,
+                        progress=bool(show) if show is not None else _tty(), label=target.name,
+                        sleep=sleep,
+                    )  # fmt: skip
+                    actual = verify_file(part, checksums, record, key, url)
+                except ChecksumError as err:
+                    part.unlink(missing_ok=True)
+                    if resumed and not fresh:
+                        logger.warning("%s: the resumed file fails its checksum; restarting", url)
+                        continue
+                    failures.append(str(err))
+                    break
+                except DownloadError as err:
+                    failures.append(str(err))
+                    break
+                size = part.stat().st_size
+                if record is not None and not checksums.sha256:
+                    record_checksum(record, key, actual["sha256"], size, url)
+                os.replace(part, target)
+                logger.info("downloaded %s (%d bytes, sha256 %s)", target, size, actual["sha256"])
+                return target
+    finally:
+        if own_session:
+            http.close()
+    raise DownloadError(
+        f"could not download {target.name}:\n  "
+        + "\n  ".join(failures)
+        + f"\nDownload it by hand and put it at {target} (or name it in config data.local), "
+        "or add a working mirror URL (config data.mirrors)."
+    )
+
+
+def _tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
+
+
+def link_local(
+    source: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    checksums: Checksums | None = None,
+    record: str | os.PathLike[str] | None = None,
+    key: str | None = None,
+) -> Path:
+    """Use a file already on disk: verify it, then symlink ``dest`` to it (atomically)."""
+    src = Path(source).expanduser().resolve()
+    target = Path(dest)
+    key = key or target.name
+    checksums = checksums or Checksums()
+    if not src.is_file():
+        raise DownloadError(f"{src}: the local file named for {key} does not exist")
+    actual = verify_file(src, checksums, record, key, str(src))
+    if record is not None and not checksums.sha256:
+        record_checksum(record, key, actual["sha256"], src.stat().st_size, str(src))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(src, tmp)
+    os.replace(tmp, target)
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# Archives
+# --------------------------------------------------------------------------------------------
+
+
+def archive_kind(path: str | os.PathLike[str]) -> str | None:
+    """``"zip"``, ``"tar"`` or ``None`` (by content, not by name)."""
+    p = Path(path)
+    if zipfile.is_zipfile(p):
+        return "zip"
+    if tarfile.is_tarfile(p):
+        return "tar"
+    return None
+
+
+def check_member_name(name: str, archive: Path) -> PurePosixPath:
+    """The member's relative path; raise :class:`ExtractionError` if it could leave the target."""
+    normalized = name.replace("\\", "/")
+    posix = PurePosixPath(normalized)
+    if (
+        normalized.startswith("/")
+        or re.match(r"^[A-Za-z]:", normalized)
+        or ".." in posix.parts
+        or "\x00" in normalized
+    ):
+        raise ExtractionError(
+            f"{archive}: unsafe member {name!r} (absolute path or '..'); refusing to extract. "
+            "The archive is corrupt or malicious: download it again from a trusted source"
+        )
+    return posix
+
+
+def _extract_zip(archive: Path, out: Path) -> int:
+    with zipfile.ZipFile(archive) as zf:
+        members = zf.infolist()
+        for info in members:  # check everything before writing anything
+            check_member_name(info.filename, archive)
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode) or (mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+                raise ExtractionError(
+                    f"{archive}: member {info.filename!r} is a link or special file; refusing "
+                    "to extract"
+                )
+        for info in members:
+            path = out.joinpath(*check_member_name(info.filename, archive).parts)
+            if info.is_dir():
+                path.mkdir(parents=True, exist_ok=True)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(path, "wb") as dst:
+                shutil.copyfileobj(src, dst, CHUNK_BYTES)
+    return len(members)
+
+
+def _extract_tar(archive: Path, out: Path) -> int:
+    with tarfile.open(archive) as tf:
+        members = tf.getmembers()
+        for member in members:
+            check_member_name(member.name, archive)
+            try:
+                tarfile.data_filter(member, str(out))
+            except tarfile.FilterError as err:
+                raise ExtractionError(
+                    f"{archive}: unsafe member {member.name!r} ({err}); refusing to extract"
+                ) from err
+        tf.extractall(out, filter="data")
+    return len(members)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``target``; rename it to ``target`` on success.
+
+    ``target`` must not exist. On any exception the temporary folder is removed.
+    """
+    path = Path(target)
+    if path.exists():
+        raise FileExistsError(f"{path}: already exists; remove it to rebuild")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def extract_into(archive: str | os.PathLike[str], out: str | os.PathLike[str]) -> int:
+    """Extract ``archive`` (zip or tar, any compression) into the existing folder ``out``."""
+    src = Path(archive)
+    kind = archive_kind(src)
+    try:
+        if kind == "zip":
+            return _extract_zip(src, Path(out))
+        if kind == "tar":
+            return _extract_tar(src, Path(out))
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
+        raise ExtractionError(f"{src}: cannot be read as an archive ({err})") from err
+    raise ExtractionError(f"{src}: neither a zip nor a tar archive")
+
+
+def safe_extract(archive: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Extract ``archive`` into the new folder ``target``, atomically (see the module doc)."""
+    with atomic_directory(target) as tmp:
+        count = extract_into(archive, tmp)
+    logger.info("extracted %d members of %s into %s", count, archive, target)
+    return Path(target)
