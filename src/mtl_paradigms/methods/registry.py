@@ -8,13 +8,16 @@ from typing import Any
 
 from mtl_paradigms.methods.aggregators import IMTLG, MGDA, AlignedMTL, GradDrop
 from mtl_paradigms.methods.base import Method
+from mtl_paradigms.methods.edm import CDTT, EDM
 from mtl_paradigms.methods.gradient import CAGrad, PCGrad
 from mtl_paradigms.methods.loss_weightings import DWA, IMTLL, RLW, SI
+from mtl_paradigms.methods.nash_mtl import NashMTL
 from mtl_paradigms.methods.weighting import EW, UW, UWO, FixedWeights
 
 _ALL: tuple[type[Method], ...] = (
     EW, FixedWeights, UW, UWO, RLW, SI, IMTLL, DWA,
     PCGrad, CAGrad, MGDA, IMTLG, AlignedMTL, GradDrop,
+    NashMTL, EDM, CDTT,
 )  # fmt: skip
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _ALL}
 
