@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mtl_paradigms.data.commands import add_data_commands
+
 log = logging.getLogger("mtlp")
 
 
@@ -73,12 +75,16 @@ def _cmd_make_synthetic(args: argparse.Namespace) -> None:
 
 
 def _cmd_verify_dataset(args: argparse.Namespace) -> None:
-    from mtl_paradigms.data.mtan import DatasetError, describe, load_mtan
+    from mtl_paradigms.data.mtan import DatasetError, check_layout, describe, load_mtan
     from mtl_paradigms.io import write_json
 
-    report = {"dataset": args.dataset, "root": str(args.root), "labels": args.labels}
-    for split in ("train", "val"):
+    report: dict[str, object] = {"dataset": args.dataset, "root": str(args.root)}
+    report["labels"] = args.labels
+    for split in ("layout", "train", "val"):
         try:
+            if split == "layout":  # every folder (label_7 and label_19), counts
+                report["counts"] = check_layout(args.root, args.dataset, args.expect_sizes)
+                continue
             loaded = load_mtan(args.root, args.dataset, split, cityscapes_labels=args.labels)
         except DatasetError as err:
             raise DatasetError(
@@ -196,8 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, choices=["nyuv2", "cityscapes"])
     p.add_argument("--root", required=True, type=Path, help="the dataset folder")
     p.add_argument("--labels", default="label_7", choices=["label_7", "label_19"])
+    p.add_argument("--expect-sizes", action="store_true", help="require the MTAN release counts")
     p.add_argument("--out", required=True, type=Path, help="verification report (.json)")
     p.set_defaults(func=_cmd_verify_dataset)
+
+    add_data_commands(sub)
 
     p = sub.add_parser("train", help="train one run (resumes from its checkpoint)")
     _settings_arg(p)

@@ -505,6 +505,18 @@ def make_tasks(dataset: Literal["nyuv2", "cityscapes"], num_classes: int) -> dic
     return tasks
 
 
+def attribute_tasks(names: Iterable[str]) -> dict[str, Task]:
+    """One binary task per attribute (CelebA: 40), keyed by the attribute name, in order."""
+    tasks: dict[str, Task] = {}
+    for name in names:
+        if name in tasks:
+            raise ValueError(f"attribute {name!r} is named twice")
+        tasks[name] = make_task("binary", name=name)
+    if not tasks:
+        raise ValueError("attribute_tasks needs at least one attribute name")
+    return tasks
+
+
 def _task_list(tasks: Mapping[str, Task] | Iterable[Task]) -> list[Task]:
     if isinstance(tasks, Mapping):
         for key, task in tasks.items():

@@ -39,14 +39,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mtl_paradigms.analysis.delta import delta
-from mtl_paradigms.data.mtan import NUM_CLASSES, TASKS, MTANSplit, paper_splits
+from mtl_paradigms.data.mtan import NUM_CLASSES, TASKS, MTANSplit
+from mtl_paradigms.data.splits import dataset_tasks, load_splits
 from mtl_paradigms.data.transforms import augment_batch
 from mtl_paradigms.io import atomic_path, atomic_write, write_json
 from mtl_paradigms.methods import Aggregator, Method, Weighting, make_method
 from mtl_paradigms.models import MultiTaskModel, build_model
 from mtl_paradigms.optim import SignSGD
 from mtl_paradigms.settings import SettingsError
-from mtl_paradigms.tasks import Task, make_tasks, metric_directions
+from mtl_paradigms.tasks import Task, metric_directions
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +66,13 @@ class TrainSettings:
     momentum are not stated in the paper; (0.9, 0.999), 1e-8 and 0.9 are the usual values.
     """
 
-    dataset: Literal["nyuv2", "cityscapes"] = "nyuv2"
+    dataset: Literal["nyuv2", "cityscapes", "celeba"] = "nyuv2"
     data_dir: str = "data/nyuv2"
     cityscapes_labels: Literal["label_7", "label_19"] = "label_7"
     num_classes: int | None = None
     val_size: int = 159
     tasks: list[str] | None = None
-    arch: Literal["segnet", "deeplabv3"] = "segnet"
+    arch: Literal["segnet", "deeplabv3", "resnet18"] = "segnet"
     width: float = 1.0
     pretrained: bool = False
     method: str = "ew"
@@ -103,6 +104,10 @@ class TrainSettings:
         for name in ("epochs", "batch_size", "eval_batch_size", "lr_step_every", "val_size"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if self.dataset == "celeba":  # tasks are the attributes of the data (data.splits)
+            if self.augment:
+                raise SettingsError("train.augment: the paper trains CelebA without it; use false")
+            return
         known = list(TASKS[self.dataset])
         if self.tasks is not None:
             unknown = [t for t in self.tasks if t not in known]
@@ -303,16 +308,9 @@ def train(
     # because it imports the compiler stack (~2 s per job).
     torch.manual_seed(settings.seed)
 
-    all_tasks = make_tasks(settings.dataset, settings.classes)
-    tasks = {name: all_tasks[name] for name in settings.task_names}
+    tasks = dataset_tasks(settings)
     directions = metric_directions(tasks)
-    train_split, val_split, test_split = (
-        s.to(device)
-        for s in paper_splits(
-            settings.data_dir, settings.dataset, settings.val_size, settings.seed,
-            tasks=list(tasks), cityscapes_labels=settings.cityscapes_labels,
-        )
-    )  # fmt: skip
+    train_split, val_split, test_split = (s.to(device) for s in load_splits(settings, list(tasks)))
     model = build_model(
         settings.arch,
         {name: task.out_channels for name, task in tasks.items()},

@@ -56,7 +56,7 @@ from mtl_paradigms.io import write_json
 
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 16
 USER_AGENT = "mtl-paradigms (+https://pypi.org/project/requests/)"
 PART_SUFFIX = ".part"
 FINAL_HTTP = frozenset({400, 401, 403, 404, 405, 410, 451})
@@ -182,8 +182,12 @@ def verify_file(
                 f"{source}: {kind} mismatch for {key}: expected {want} ({where}), got "
                 f"{actual[kind]} ({path.stat().st_size} bytes). The file is corrupt or not the "
                 "one expected. Try a mirror (config data.mirrors), or download it by hand and "
-                "give its path (config data.local); if the source changed on purpose, delete "
-                f"the entry {key!r} of {record}."
+                "give its path (config data.local)"
+                + (
+                    f"; if the source changed on purpose, delete the entry {key!r} of {record}."
+                    if where.startswith("recorded")
+                    else "."
+                )
             )
     return actual
 
@@ -392,6 +396,7 @@ def download_file(
     http = session or requests.Session()
     http.headers.setdefault("User-Agent", USER_AGENT)
     failures: list[str] = []
+    all_checksums = True
     try:
         for url in urls:
             for fresh in (False, True):
@@ -412,6 +417,7 @@ def download_file(
                     break
                 except DownloadError as err:
                     failures.append(str(err))
+                    all_checksums = False
                     break
                 size = part.stat().st_size
                 if record is not None and not checksums.sha256:
@@ -422,7 +428,8 @@ def download_file(
     finally:
         if own_session:
             http.close()
-    raise DownloadError(
+    error = ChecksumError if all_checksums else DownloadError
+    raise error(
         f"could not download {target.name}:\n  "
         + "\n  ".join(failures)
         + f"\nDownload it by hand and put it at {target} (or name it in config data.local), "
@@ -498,8 +505,8 @@ def _extract_zip(archive: Path, out: Path) -> int:
         members = zf.infolist()
         for info in members:  # check everything before writing anything
             check_member_name(info.filename, archive)
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode) or (mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+            kind = stat.S_IFMT(info.external_attr >> 16)  # 0: no Unix type recorded (a file)
+            if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
                 raise ExtractionError(
                     f"{archive}: member {info.filename!r} is a link or special file; refusing "
                     "to extract"

@@ -509,11 +509,35 @@ def check_layout(root: str | Path, dataset: str, expect_sizes: bool = False) -> 
     if not base.is_dir():
         raise DatasetError(f"{base}: dataset folder is missing")
     counts = {split: _count_files(base / split, FOLDERS[dataset]) for split in SPLITS}
+    for split in SPLITS:  # the first file of every folder: shape and dtype
+        _check_first_files(base, dataset, split)
     if expect_sizes and counts != SIZES[dataset]:
         raise DatasetError(
             f"{base}: {dataset} holds {counts} images, the MTAN release has {SIZES[dataset]}"
         )
     return counts
+
+
+def _check_first_files(base: Path, dataset: str, split: str) -> None:
+    image_path = base / split / IMAGE_FOLDER / "0.npy"
+    image = _load_array(image_path)
+    check_image(image_path, image, None)
+    hw = (int(image.shape[0]), int(image.shape[1]))
+    for folder in FOLDERS[dataset][1:]:
+        path = base / split / folder / "0.npy"
+        array = _load_array(path)
+        if folder in LABEL_CLASSES:
+            labels = "label_19" if folder == "label_19" else "label_7"
+            classes = (
+                dataset_num_classes(base, dataset, labels)
+                if dataset == "cityscapes"
+                else (dataset_num_classes(base, dataset))
+            )
+            check_label(path, array, hw, classes)
+        elif folder == DEPTH:
+            check_depth(path, array, hw)
+        elif folder == NORMAL:
+            check_normal(path, array, hw)
 
 
 def looks_like_release(root: Path, dataset: str) -> bool:

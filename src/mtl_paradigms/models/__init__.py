@@ -5,6 +5,8 @@
 * ``"segnet"``: MTAN's hard-sharing SegNet (:mod:`.segnet`); shared = the whole
   encoder-decoder; head = ``Conv3x3 + Conv1x1``.
 * ``"deeplabv3"``: dilated ResNet-50 (output stride 8) + one ASPP head per task (:mod:`.deeplab`).
+* ``"resnet18"``: ResNet-18 up to global pooling + one linear layer per task (:mod:`.resnet`),
+  the CelebA network (binary attributes: one logit per task).
 
 Every model is a :class:`MultiTaskModel`: ``model(x)`` returns ``{task: raw output}`` at the
 input resolution, ``shared_parameters()`` / ``task_parameters(t)`` split the parameters.
@@ -20,6 +22,7 @@ from torch import nn
 from .base import MultiTaskModel, count_parameters
 from .deeplab import deeplab_widths, dilated_resnet50
 from .heads import aspp_head, segnet_head
+from .resnet import linear_head, resnet18_encoder
 from .segnet import SegNetEncoderDecoder, init_mtan_, segnet_filters
 
 __all__ = [
@@ -30,8 +33,8 @@ __all__ = [
     "segnet_filters",
 ]
 
-Arch = Literal["segnet", "deeplabv3"]
-ARCHITECTURES: tuple[str, ...] = ("segnet", "deeplabv3")
+Arch = Literal["segnet", "deeplabv3", "resnet18"]
+ARCHITECTURES: tuple[str, ...] = ("segnet", "deeplabv3", "resnet18")
 
 
 def _check_tasks(tasks: Mapping[str, int]) -> dict[str, int]:
@@ -95,6 +98,11 @@ def build_model(
         encoder = dilated_resnet50(width, pretrained=pretrained)
         feat = encoder.out_channels
         heads = {t: aspp_head(feat, c, channels=aspp_channels) for t, c in task_channels.items()}
+    elif arch == "resnet18":
+        if width != 1.0:
+            raise ValueError(f"resnet18 has no width variants (torchvision's); got width={width}")
+        encoder = resnet18_encoder(pretrained=pretrained)
+        heads = {t: linear_head(encoder.out_channels, c) for t, c in task_channels.items()}
     else:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {list(ARCHITECTURES)}")
     return MultiTaskModel(encoder, heads, arch=arch, single_task=single_task)
