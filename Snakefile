@@ -16,6 +16,10 @@ include: "workflow/rules/main.smk"
 include: "workflow/rules/claims.smk"
 
 
+localrules:
+    all,
+
+
 rule all:
     default_target: True
     input:

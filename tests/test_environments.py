@@ -63,8 +63,10 @@ def test_environment_matches_pyproject(path: Path) -> None:
     if path.name == "environment.yml":
         expected |= as_conda(dev)
     else:
-        # Rule environments need what the `mtlp` verbs import, not the workflow engine itself.
+        # Rule environments need what the `mtlp` verbs import, not the workflow engine itself
+        # or its executor plugins.
         expected.pop("snakemake")
+        expected.pop("snakemake-executor-plugin-slurm")
     assert packages == expected
     python = conda.get("python")
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]

@@ -1,6 +1,10 @@
 # The claims table: every claim re-derived by the enabled stages, in one place.
 
 
+localrules:
+    claims,
+
+
 rule claims:
     input:
         claims_inputs(),

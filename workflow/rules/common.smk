@@ -198,3 +198,37 @@ def all_targets():
     for stage in enabled_stages():
         files += stage_outputs(stage)
     return files
+
+
+# ---- cluster resources (config section `cluster`, workflow/profiles/slurm) -----------------
+CLUSTER_RESOURCE_NAMES = {
+    "partition": "slurm_partition",
+    "runtime": "runtime",
+    "mem_mb": "mem_mb",
+    "gpu": "gpu",
+    "gpu_model": "gpu_model",
+    "extra": "slurm_extra",
+}
+
+
+def cluster_resources(kind):
+    """The `resources:` of a job submitted to a cluster: config["cluster"][kind] ("gpu_jobs"
+    or "cpu_jobs") in the resource names of snakemake-executor-plugin-slurm. Empty values and
+    a GPU model without a GPU are left out, so the cluster's defaults apply. Local runs
+    ignore these resources (none of them is limited there)."""
+    cluster = config.get("cluster", {})
+    values = dict(cluster.get(kind, {}))
+    if not values.get("gpu"):
+        values.pop("gpu", None)
+        values.pop("gpu_model", None)
+    resources = {
+        CLUSTER_RESOURCE_NAMES[key]: value
+        for key, value in values.items()
+        if value not in ("", None)
+    }
+    if cluster.get("account"):
+        resources["slurm_account"] = cluster["account"]
+    # Grouped jobs run one after another in their cluster job; one slot per group job
+    # (workflow/profiles/slurm) makes Snakemake size the group job for that.
+    resources["group_slot"] = 1
+    return resources

@@ -1,6 +1,10 @@
 # The invariance derivation checks: Figs A1/A2 and the Theory statements (Elich et al. 2024).
 
 
+localrules:
+    invariance_notebook,
+
+
 rule invariance_simulate:
     output:
         records=f"{RESULTS}/invariance/records.csv.gz",
@@ -10,6 +14,8 @@ rule invariance_simulate:
         f"{LOGS}/invariance_simulate.log",
     conda:
         "../../envs/mtlp.yaml"
+    resources:
+        **cluster_resources("cpu_jobs"),
     params:
         settings=settings_json("invariance"),
     shell:

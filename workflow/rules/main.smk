@@ -3,6 +3,16 @@
 # baselines, aggregation, and Figs 2/A3/A4, Tables 2/A2/A4-A7.
 
 
+# Data preparation, baselines, aggregation and the notebook are light: on a cluster they run
+# where snakemake runs (workflow/profiles/slurm); only the training runs are submitted.
+localrules:
+    make_synthetic,
+    verify_dataset,
+    baseline,
+    aggregate_main,
+    main_notebook,
+
+
 wildcard_constraints:
     dataset="nyuv2|cityscapes",
     arch="segnet|deeplabv3",
@@ -54,6 +64,8 @@ rule train_stl:
     conda:
         "../../envs/mtlp.yaml"
     threads: config["main"]["threads"]
+    resources:
+        **cluster_resources("gpu_jobs"),
     params:
         settings=lambda wildcards: train_json(wildcards, stl=True),
         out=lambda wildcards, output: os.path.dirname(output.metrics),
@@ -87,6 +99,8 @@ rule train:
     conda:
         "../../envs/mtlp.yaml"
     threads: config["main"]["threads"]
+    resources:
+        **cluster_resources("gpu_jobs"),
     params:
         settings=lambda wildcards: train_json(wildcards, stl=False),
         out=lambda wildcards, output: os.path.dirname(output.metrics),

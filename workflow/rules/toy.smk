@@ -1,6 +1,10 @@
 # The CAGrad toy: Fig 1, Table 1, Table A3 (Elich et al. 2024).
 
 
+localrules:
+    toy_notebook,
+
+
 rule toy_simulate:
     output:
         result=f"{RESULTS}/toy/cagrad_toy.npz",
@@ -9,6 +13,8 @@ rule toy_simulate:
         f"{LOGS}/toy_simulate.log",
     conda:
         "../../envs/mtlp.yaml"
+    resources:
+        **cluster_resources("cpu_jobs"),
     params:
         settings=settings_json("toy"),
     shell:
