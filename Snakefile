@@ -10,6 +10,9 @@ configfile: "workflow/config/default.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/common_data.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/celeba.smk"
 include: "workflow/rules/toy.smk"
 include: "workflow/rules/invariance.smk"
 include: "workflow/rules/main.smk"

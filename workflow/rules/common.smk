@@ -11,6 +11,7 @@ RESULTS = config["results_dir"]
 NOTEBOOK_OUT = f"{RESULTS}/notebooks"
 LOGS = f"{RESULTS}/logs"
 RUNS = f"{RESULTS}/runs"
+DATA = config["data"]["dir"]
 
 STAGE_ARTEFACTS = {
     "toy": {
@@ -91,10 +92,17 @@ def dataset_config(dataset):
 
 
 def dataset_dir(dataset):
+    """The MTAN folder: generated, given by `data_dir` (used as is), or downloaded."""
     ds = dataset_config(dataset)
-    return (
-        f"data/synthetic/{dataset}" if ds["source"] == "synthetic" else ds["data_dir"]
-    )
+    if ds["source"] == "synthetic":
+        return f"data/synthetic/{dataset}"
+    return ds.get("data_dir") or f"{DATA}/{dataset}"
+
+
+def mtan_release(dataset):
+    """What verify_dataset needs first: the downloaded release, or nothing for `data_dir`."""
+    ds = dataset_config(dataset)
+    return [] if ds.get("data_dir") else [f"{DATA}/{dataset}"]
 
 
 def dataset_input(dataset):
@@ -102,8 +110,8 @@ def dataset_input(dataset):
     dataset on disk (rule verify_dataset, which fails with a clear message if it is absent).
     """
     if dataset_config(dataset)["source"] == "synthetic":
-        return dataset_dir(dataset)
-    return f"{RESULTS}/data/{dataset}.verified.json"
+        return [dataset_dir(dataset), *main_weights()]
+    return [f"{RESULTS}/data/{dataset}.verified.json", *main_weights()]
 
 
 def synthetic_json(dataset):
@@ -180,6 +188,8 @@ def enabled_stages():
 def stage_outputs(stage):
     if stage == "main":
         return notebook_files("main") + main_artefacts()
+    if stage in DATA_STAGE_OUTPUTS:  # workflow/rules/data.smk, celeba.smk
+        return DATA_STAGE_OUTPUTS[stage]()
     spec = STAGE_ARTEFACTS[stage]
     files = notebook_files(spec["notebook"])
     for name in spec["figures"]:
@@ -190,7 +200,9 @@ def stage_outputs(stage):
 
 
 def claims_inputs():
-    return [f"{RESULTS}/claims/{stage}.csv" for stage in enabled_stages()]
+    # The data stages (celeba, multimnist) make no claims.
+    stages = [s for s in enabled_stages() if s not in DATA_STAGE_OUTPUTS]
+    return [f"{RESULTS}/claims/{stage}.csv" for stage in stages]
 
 
 def all_targets():

@@ -37,6 +37,8 @@ rule make_synthetic:
 
 
 rule verify_dataset:
+    input:
+        lambda wildcards: mtan_release(wildcards.dataset),
     output:
         f"{RESULTS}/data/{{dataset}}.verified.json",
     log:
@@ -48,9 +50,10 @@ rule verify_dataset:
         labels=lambda wildcards: config["main"]["train"].get(
             "cityscapes_labels", "label_7"
         ),
+        sizes="--expect-sizes" if config["data"]["expect_sizes"] else "",
     shell:
         "mtlp verify-dataset --dataset {wildcards.dataset} --root {params.root:q}"
-        " --labels {params.labels} --out {output:q} > {log:q} 2>&1"
+        " --labels {params.labels} {params.sizes} --out {output:q} > {log:q} 2>&1"
 
 
 rule train_stl:
@@ -69,8 +72,10 @@ rule train_stl:
     params:
         settings=lambda wildcards: train_json(wildcards, stl=True),
         out=lambda wildcards, output: os.path.dirname(output.metrics),
+        torch_home=TORCH_HOME,
     shell:
-        "mtlp train --settings {params.settings:q} --out {params.out:q} --threads {threads}"
+        "TORCH_HOME={params.torch_home:q} mtlp train --settings {params.settings:q}"
+        " --out {params.out:q} --threads {threads}"
         " > {log:q} 2>&1"
 
 
@@ -104,8 +109,10 @@ rule train:
     params:
         settings=lambda wildcards: train_json(wildcards, stl=False),
         out=lambda wildcards, output: os.path.dirname(output.metrics),
+        torch_home=TORCH_HOME,
     shell:
-        "mtlp train --settings {params.settings:q} --out {params.out:q}"
+        "TORCH_HOME={params.torch_home:q} mtlp train --settings {params.settings:q}"
+        " --out {params.out:q}"
         " --baseline {input.baseline:q} --threads {threads} > {log:q} 2>&1"
 
 

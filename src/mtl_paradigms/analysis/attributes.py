@@ -1,6 +1,6 @@
 """The CelebA-style run's table: per-attribute test accuracy and F1 per method x optimizer.
 
-Rows are the attributes (in the data's order), then the mean accuracy, the mean F1 and Δm.
+Rows are the attributes (alphabetical, as CelebA lists its 40), then the mean accuracy, the mean F1 and Δm.
 A cell is ``mean ± std`` over seeds. Where a method x optimizer ran several learning rates,
 the one with the best mean validation accuracy is shown (the paper selects on validation).
 
@@ -84,7 +84,7 @@ def attribute_table(
         deltas = [delta({k: r["test"][k] for k in acc_keys}, ref_acc, directions) for r in runs]
         column.append(_delta_cell([d for d in deltas if math.isfinite(d)]))
         lr = runs[0]["settings"]["lr"]
-        columns[f"{method} ({optimizer}, lr {lr:g}, {len(runs)} seeds)"] = column
+        columns[f"{method} ({optimizer}, lr {lr:g}, n={len(runs)})"] = column
     ref_name = f"{reference[0]} ({reference[1]})"
     index = [*attributes, "mean accuracy", "mean F1", f"Δm vs {ref_name} (%)"]
     return pd.DataFrame({"attribute": index, **columns})
