@@ -20,6 +20,8 @@ rule train_celeba:
     conda:
         "../../envs/mtlp.yaml"
     threads: config["celeba"]["threads"]
+    resources:
+        **cluster_resources("gpu_jobs"),
     params:
         settings=celeba_train_json,
         out=lambda wildcards, output: os.path.dirname(output.metrics),
