@@ -6,6 +6,7 @@ difference far above that tolerance), on a short configuration.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -160,7 +161,29 @@ def test_per_task_adam_sums_per_task_updates_and_skips_missing_gradients() -> No
     torch.testing.assert_close(
         head, torch.full((2,), -0.1, dtype=torch.float64), rtol=1e-12, atol=0
     )
-    assert opt.state[1][1] is None  # task 2 never reached the head
+    assert opt.state[head]["tasks"][1] is None  # task 2 never reached the head
+    assert opt.state[head]["tasks"][0]["step"] == 1
+
+
+def test_per_task_adam_checkpoints_and_schedules_like_a_torch_optimizer() -> None:
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.zeros(4), torch.zeros(4)
+    opt_a = PerTaskAdam([a], num_tasks=2, lr=0.1, weight_decay=0.01)
+    opt_b = PerTaskAdam([b], num_tasks=2, lr=0.1, weight_decay=0.01)
+    sched_a = torch.optim.lr_scheduler.StepLR(opt_a, step_size=1, gamma=0.5)
+    grads = [[[torch.randn(4, generator=gen)] for _ in range(2)] for _ in range(4)]
+    for step in grads[:2]:
+        opt_a.step(step)
+        sched_a.step()
+    b.copy_(a)
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))  # as through torch.save
+    sched_b = torch.optim.lr_scheduler.StepLR(opt_b, step_size=1, gamma=0.5)
+    sched_b.load_state_dict(sched_a.state_dict())
+    assert opt_b.param_groups[0]["lr"] == pytest.approx(0.025)
+    for step in grads[2:]:
+        opt_a.step(step)
+        opt_b.step(step)
+    assert torch.equal(a, b)
 
 
 def test_per_task_adam_validates_its_input() -> None:

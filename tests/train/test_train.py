@@ -80,10 +80,17 @@ def test_same_settings_and_seed_give_identical_metrics(
     assert c["test"] != a["test"]
 
 
+@pytest.mark.parametrize(
+    ("method", "optimizer"),
+    [("uw", "sgd"), ("famo", "adam"), ("auto_lambda", "adam"), ("gradnorm", "adam"),
+     ("imtl", "adam"), ("adatask", "adam"), ("mtl_io", "sgd"), ("mtl_ius", "adam")],
+)  # fmt: skip
 def test_resume_after_a_kill_gives_the_same_metrics(
-    data_dir: Path, baseline: dict, tmp_path: Path
+    data_dir: Path, baseline: dict, tmp_path: Path, method: str, optimizer: str
 ) -> None:
-    run = mtl(data_dir, method="uw", optimizer="sgd", lr=0.01)
+    # Stateful methods and strategies: their state (learnt weights, own optimizers, per-task
+    # moments, task groups, path length) must survive the checkpoint exactly.
+    run = mtl(data_dir, method=method, optimizer=optimizer, lr=0.01)
     full = train(run, tmp_path / "full", baseline=baseline)
     assert train(run, tmp_path / "cut", baseline=baseline, stop_after_epochs=1) == {}
     assert (tmp_path / "cut" / CHECKPOINT).exists()

@@ -17,9 +17,16 @@ Scale convention (one convention, applied everywhere)
 Every method returns a combination **on the scale of the mean over tasks**: equal weighting
 (EW) gives weights ``1/T`` and the aggregated direction ``mean_t g_t``, i.e. the gradient of
 the *average* loss. Task-specific parameters (heads) receive ``(1/T) * grad L_t`` under every
-method. Reference implementations that sum instead (LibMTL's EW uses weights 1) differ by a
-factor ``T`` in the effective learning rate of SGD; Adam is unaffected. The relation is
-tested (``tests/methods``).
+method, except for the aggregators whose weights define a weighted loss
+(``weights_heads = True``: GradNorm, MGDA-UB), where head ``t`` receives ``w_t * grad L_t``
+with the same weights ``w`` as the shared parameters. Reference implementations that sum
+instead (LibMTL's EW uses weights 1) differ by a factor ``T`` in the effective learning rate of
+SGD; Adam is unaffected. The relation is tested (``tests/methods``).
+
+Hooks the trainer calls (all optional): :meth:`Method.bind` (learnable parameters),
+:meth:`Method.observe` (the step's detached losses, before weighting or aggregation),
+:meth:`Method.after_step` (losses of the same batch recomputed after the optimizer step, for
+methods with ``needs_after_step_losses``), :meth:`Method.epoch_end` and the state-dict pair.
 """
 
 from __future__ import annotations
@@ -46,6 +53,14 @@ class Method(ABC):  # noqa: B024 - a common base; the abstract methods live in t
 
     def epoch_end(self, mean_losses: Tensor) -> None:  # noqa: B027 - optional hook
         """Called by the trainer after every epoch with the ``(T,)`` mean training losses."""
+
+    def observe(self, losses: Tensor) -> None:  # noqa: B027 - optional hook
+        """Called every step with the detached ``(T,)`` losses before the method is applied."""
+
+    needs_after_step_losses: bool = False
+
+    def after_step(self, losses: Tensor) -> None:  # noqa: B027 - optional hook
+        """With ``needs_after_step_losses``: the same batch's ``(T,)`` losses after the step."""
 
     def state_dict(self) -> dict[str, object]:
         """State to checkpoint (learnable parameters are saved by value here too)."""
@@ -83,10 +98,19 @@ class Aggregator(Method):
 
     requires_grads = True
     representation: bool = False
+    weights_heads: bool = False
 
     @abstractmethod
     def __call__(self, grads: Tensor) -> Tensor:
         """The update direction for the shared parameters."""
+
+    def transform_losses(self, losses: Tensor) -> Tensor:
+        """The losses whose gradients are aggregated (IMTL scales them); default: unchanged.
+
+        May depend on the method's learnable parameters; the trainer back-propagates the
+        transformed losses into the heads and those parameters.
+        """
+        return losses
 
     def aggregate(self, grads: Tensor) -> tuple[Tensor, Tensor | None]:
         """The direction and, where the method has them, its task weights ``w`` with

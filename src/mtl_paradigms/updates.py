@@ -1,0 +1,394 @@
+"""One update per batch: losses -> method -> gradients -> optimizer step(s).
+
+:func:`training_step` computes the gradients of one joint update (a weighting's combined loss,
+or an aggregator's direction for the shared parameters) and writes them to ``.grad``.
+An :class:`Updater` owns the optimizer(s) and applies the optimizer-level strategy
+(:mod:`mtl_paradigms.methods.strategies`):
+
+* :class:`JointUpdater` -- every weighting and aggregator: one optimizer, one step per batch;
+  it also runs the methods' extra hooks (Auto-Lambda's meta step before, FAMO's loss
+  re-evaluation after the step).
+* :class:`AdaTaskUpdater` -- per-task Adam moments on the shared parameters.
+* :class:`AlternatingUpdater` -- MTL-IUS / MTL-IO: one step per task group on the same batch.
+
+Every updater tracks the L2 path length travelled by the shared parameters
+(``sum_k |phi_{k+1} - phi_k|``, on the device, one term per optimizer step), which the trainer
+logs per epoch (Pascal et al.'s "wider exploration").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mtl_paradigms.methods import Aggregator, Method, Weighting
+from mtl_paradigms.methods.learned import AutoLambda
+from mtl_paradigms.methods.strategies import MTLIO, AdaTask, Strategy, _Alternating, task_groups
+from mtl_paradigms.models import MultiTaskModel
+from mtl_paradigms.optim import PerTaskAdam
+from mtl_paradigms.tasks import Task
+
+OptimizerFactory = Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
+ValBatch = Callable[[], tuple[Tensor, dict[str, Tensor]]]
+
+
+@dataclass
+class StepOutput:
+    losses: Tensor  # (T,) detached
+    weights: Tensor  # (T,) detached task weights used for this step (NaN if not defined)
+
+
+def task_losses(
+    tasks: Mapping[str, Task], preds: Mapping[str, Tensor], batch: Mapping[str, Tensor]
+) -> Tensor:
+    """The ``(T,)`` vector of per-task losses, in the order of ``tasks``."""
+    return torch.stack([task.loss(preds[name], batch[name]) for name, task in tasks.items()])
+
+
+def _flat_grads(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor:
+    return torch.cat(
+        [
+            (g if g is not None else torch.zeros_like(p)).reshape(-1)
+            for g, p in zip(grads, params, strict=True)
+        ]
+    )
+
+
+def _assign_flat(params: Sequence[nn.Parameter], flat: Tensor) -> None:
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+        offset += n
+
+
+def _assign(params: Sequence[nn.Parameter], grads: Sequence[Tensor | None]) -> None:
+    for p, g in zip(params, grads, strict=True):
+        if g is not None:
+            p.grad = g if p.grad is None else p.grad + g
+
+
+def training_step(
+    model: MultiTaskModel,
+    tasks: Mapping[str, Task],
+    method: Method,
+    images: Tensor,
+    targets: Mapping[str, Tensor],
+    autocast: torch.autocast,
+    method_params: Sequence[nn.Parameter] = (),
+) -> StepOutput:
+    """Forward, per-task losses and the method's gradients, written to ``.grad`` (no step).
+
+    Weightings back-propagate their combined loss. Aggregators receive the per-task gradients of
+    the shared parameters (or of the shared representation, ``representation = True``) of the
+    possibly transformed losses (``transform_losses``); the shared parameters get the aggregated
+    direction, the heads and the method's own parameters the gradient of
+    ``sum_t v_t L'_t`` with ``v = 1/T``, or the aggregator's weights when ``weights_heads``.
+    """
+    num_tasks = len(tasks)
+    if isinstance(method, Aggregator) and method.requires_grads:
+        shared = model.shared_parameters()
+        heads = [p for name in tasks for p in model.task_parameters(name)]
+        others = [*heads, *(p for p in method_params if p.requires_grad)]
+        with autocast:
+            z = model.representation(images)
+            preds = model.heads_forward(z, images.shape[-2:])
+            losses = task_losses(tasks, preds, targets).float()
+        method.observe(losses.detach())
+        transformed = method.transform_losses(losses)
+        wrt: Sequence[Tensor] = [z] if method.representation else shared
+        rows = [
+            _flat_grads(
+                torch.autograd.grad(transformed[t], wrt, retain_graph=True, allow_unused=True), wrt
+            )
+            for t in range(num_tasks)
+        ]
+        direction, weights = method.aggregate(torch.stack(rows).float())
+        if weights is not None and method.weights_heads:
+            head_weights = weights.detach().to(transformed.dtype)
+        else:
+            head_weights = torch.full_like(transformed, 1.0 / num_tasks)
+        head_loss = (head_weights * transformed).sum()
+        if method.representation:
+            torch.autograd.backward(
+                z, direction.view_as(z).to(z.dtype), retain_graph=True, inputs=list(shared)
+            )
+        else:
+            _assign_flat(shared, direction)
+        _assign(others, torch.autograd.grad(head_loss, others, allow_unused=True))
+        if weights is None:
+            weights = torch.full((num_tasks,), math.nan, device=losses.device)
+        return StepOutput(losses.detach(), weights.detach())
+    if not isinstance(method, Weighting):
+        raise TypeError(f"method {method.name!r} is neither a weighting nor an aggregator")
+    with autocast:
+        preds = model(images)
+        losses = task_losses(tasks, preds, targets).float()
+    method.observe(losses.detach())
+    weights = method.weights(losses.detach()).detach()
+    method.combine(losses).backward()
+    return StepOutput(losses.detach(), weights)
+
+
+@contextlib.contextmanager
+def frozen_batchnorm(model: nn.Module) -> Iterator[None]:
+    """Forward passes in training mode that leave BatchNorm's running statistics unchanged."""
+    saved = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            saved.append((module, module.momentum))
+            module.momentum = 0.0
+    try:
+        yield
+    finally:
+        for module, momentum in saved:
+            module.momentum = momentum
+
+
+class PathLength:
+    """The L2 path length travelled by some parameters: ``sum_k |phi_{k+1} - phi_k|``."""
+
+    def __init__(self, params: Sequence[Tensor]) -> None:
+        self.params = list(params)
+        self.previous = [p.detach().clone() for p in self.params]
+        device = self.params[0].device if self.params else "cpu"
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if not self.params:
+            return
+        diffs = torch._foreach_sub([p.detach() for p in self.params], self.previous)
+        norms = torch._foreach_norm(diffs)
+        self.total += torch.stack(norms).double().square().sum().sqrt()
+        torch._foreach_copy_(self.previous, [p.detach() for p in self.params])
+
+
+class Updater(ABC):
+    """Owns the optimizer(s) of a run and performs one update per batch."""
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        tasks: Mapping[str, Task],
+        method: Method,
+        method_params: Sequence[nn.Parameter],
+        autocast: torch.autocast,
+    ) -> None:
+        self.model = model
+        self.tasks = tasks
+        self.method = method
+        self.method_params = list(method_params)
+        self.autocast = autocast
+        self.path = PathLength(model.shared_parameters())
+
+    @property
+    @abstractmethod
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimizer (one learning-rate scheduler is attached to each)."""
+
+    @abstractmethod
+    def step(self, images: Tensor, targets: Mapping[str, Tensor]) -> StepOutput:
+        """One update on a batch; returns the losses and task weights to log."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "path_length": self.path.total.item(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise ValueError(
+                f"checkpoint has {len(state['optimizers'])} optimizer states, "
+                f"this run has {len(self.optimizers)}"
+            )
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        self.path.total.fill_(float(state["path_length"]))
+        self.path.previous = [p.detach().clone() for p in self.path.params]
+
+
+class JointUpdater(Updater):
+    """Weightings and aggregators: one optimizer over everything, one step per batch."""
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        tasks: Mapping[str, Task],
+        method: Method,
+        method_params: Sequence[nn.Parameter],
+        autocast: torch.autocast,
+        make_optimizer: OptimizerFactory,
+        val_batch: ValBatch | None = None,
+    ) -> None:
+        super().__init__(model, tasks, method, method_params, autocast)
+        self.optimizer = make_optimizer([*model.parameters(), *method_params])
+        if isinstance(method, AutoLambda) and val_batch is None:
+            raise ValueError("auto_lambda needs validation batches; the trainer supplies them")
+        self.val_batch = val_batch
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def _loss_fn(self, params: Mapping[str, Tensor], images: Tensor, targets: Mapping[str, Tensor]):
+        with self.autocast:
+            preds = torch.func.functional_call(self.model, dict(params), (images,), strict=False)
+            return task_losses(self.tasks, preds, targets)
+
+    def step(self, images: Tensor, targets: Mapping[str, Tensor]) -> StepOutput:
+        if isinstance(self.method, AutoLambda):
+            assert self.val_batch is not None
+            params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+            with frozen_batchnorm(self.model):
+                self.method.meta_step(
+                    self._loss_fn, params, self.optimizer.param_groups[0]["lr"],
+                    (images, targets), self.val_batch(),
+                )  # fmt: skip
+        self.optimizer.zero_grad(set_to_none=True)
+        out = training_step(
+            self.model, self.tasks, self.method, images, targets, self.autocast,
+            self.method_params,
+        )  # fmt: skip
+        self.optimizer.step()
+        self.path.update()
+        if self.method.needs_after_step_losses:
+            with torch.no_grad(), frozen_batchnorm(self.model), self.autocast:
+                after = task_losses(self.tasks, self.model(images), targets).float()
+            self.method.after_step(after)
+        return out
+
+
+class AdaTaskUpdater(Updater):
+    """AdaTask: :class:`PerTaskAdam` (learning rate ``lr / T``, i.e. the mean of the per-task
+    updates) on the shared parameters and the trainer's optimizer on the heads, which receive
+    ``(1/T) grad L_t`` as under EW."""
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        tasks: Mapping[str, Task],
+        method: Method,
+        autocast: torch.autocast,
+        make_optimizer: OptimizerFactory,
+        lr: float,
+        betas: Sequence[float],
+        eps: float,
+        weight_decay: float,
+    ) -> None:
+        super().__init__(model, tasks, method, [], autocast)
+        self.shared = model.shared_parameters()
+        self.heads = [p for name in tasks for p in model.task_parameters(name)]
+        self.head_optimizer = make_optimizer(self.heads)
+        self.shared_optimizer = PerTaskAdam(
+            self.shared, len(tasks), lr=lr / len(tasks), betas=betas, eps=eps,
+            weight_decay=weight_decay,
+        )  # fmt: skip
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.head_optimizer, self.shared_optimizer]
+
+    def step(self, images: Tensor, targets: Mapping[str, Tensor]) -> StepOutput:
+        num_tasks = len(self.tasks)
+        self.head_optimizer.zero_grad(set_to_none=True)
+        with self.autocast:
+            preds = self.model(images)
+            losses = task_losses(self.tasks, preds, targets).float()
+        task_grads = [
+            torch.autograd.grad(losses[t], self.shared, retain_graph=True, allow_unused=True)
+            for t in range(num_tasks)
+        ]
+        _assign(self.heads, torch.autograd.grad(losses.mean(), self.heads, allow_unused=True))
+        self.head_optimizer.step()
+        self.shared_optimizer.step(task_grads)
+        self.path.update()
+        weights = torch.full((num_tasks,), 1.0 / num_tasks, device=losses.device)
+        return StepOutput(losses.detach(), weights)
+
+
+class AlternatingUpdater(Updater):
+    """MTL-IUS / MTL-IO: one step per task group on the group's mean loss, same batch."""
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        tasks: Mapping[str, Task],
+        method: _Alternating,
+        autocast: torch.autocast,
+        make_optimizer: OptimizerFactory,
+        generator: torch.Generator,
+    ) -> None:
+        super().__init__(model, tasks, method, [], autocast)
+        self.groups = task_groups(len(tasks), method.group_size, generator)
+        count = len(self.groups) if isinstance(method, MTLIO) else 1
+        self._optimizers = [make_optimizer(list(model.parameters())) for _ in range(count)]
+        self.names = list(tasks)
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return self._optimizers
+
+    def step(self, images: Tensor, targets: Mapping[str, Tensor]) -> StepOutput:
+        num_tasks = len(self.tasks)
+        losses = torch.zeros(num_tasks, device=images.device)
+        weights = torch.zeros(num_tasks, device=images.device)
+        for k, group in enumerate(self.groups):
+            optimizer = self._optimizers[k if len(self._optimizers) > 1 else 0]
+            optimizer.zero_grad(set_to_none=True)
+            group_tasks = {self.names[t]: self.tasks[self.names[t]] for t in group}
+            with self.autocast:
+                preds = self.model(images)
+                group_losses = task_losses(group_tasks, preds, targets).float()
+            group_losses.mean().backward()
+            optimizer.step()
+            self.path.update()
+            losses[group] = group_losses.detach()
+            weights[group] = 1.0 / len(group)
+        return StepOutput(losses, weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"groups": self.groups}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.groups = [list(g) for g in state["groups"]]
+
+
+def make_updater(
+    model: MultiTaskModel,
+    tasks: Mapping[str, Task],
+    method: Method,
+    method_params: Sequence[nn.Parameter],
+    autocast: torch.autocast,
+    make_optimizer: OptimizerFactory,
+    *,
+    optimizer_name: str,
+    lr: float,
+    adam_betas: Sequence[float],
+    adam_eps: float,
+    weight_decay: float,
+    generator: torch.Generator,
+    val_batch: ValBatch | None = None,
+) -> Updater:
+    """The updater for ``method`` (a strategy, or a weighting / aggregator)."""
+    if isinstance(method, AdaTask):
+        if optimizer_name != "adam":
+            raise ValueError(f"adatask keeps Adam moments per task; it needs optimizer 'adam', "
+                             f"got {optimizer_name!r}")  # fmt: skip
+        return AdaTaskUpdater(
+            model, tasks, method, autocast, make_optimizer, lr, adam_betas, adam_eps, weight_decay
+        )
+    if isinstance(method, _Alternating):
+        return AlternatingUpdater(model, tasks, method, autocast, make_optimizer, generator)
+    if isinstance(method, Strategy):
+        raise TypeError(f"strategy {method.name!r} has no updater")
+    return JointUpdater(model, tasks, method, method_params, autocast, make_optimizer, val_batch)

@@ -1,0 +1,195 @@
+"""Updaters: strategies (AdaTask, MTL-IUS/IO, random task grouping), path length, weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mtl_paradigms.methods import make_method
+from mtl_paradigms.methods.strategies import task_groups
+from mtl_paradigms.models import build_model
+from mtl_paradigms.tasks import make_tasks
+from mtl_paradigms.updates import (
+    AdaTaskUpdater,
+    AlternatingUpdater,
+    JointUpdater,
+    PathLength,
+    make_updater,
+    training_step,
+)
+
+NO_AUTOCAST = torch.autocast("cpu", enabled=False)
+
+
+@given(num_tasks=st.integers(1, 50), group_size=st.integers(1, 60), seed=st.integers(0, 2**31))
+@settings(max_examples=100, deadline=None)
+def test_random_grouping_covers_every_task_exactly_once(
+    num_tasks: int, group_size: int, seed: int
+) -> None:
+    groups = task_groups(num_tasks, group_size, torch.Generator().manual_seed(seed))
+    assert sorted(t for g in groups for t in g) == list(range(num_tasks))
+    assert len(groups) == math.ceil(num_tasks / group_size)
+    assert all(1 <= len(g) <= group_size for g in groups)
+
+
+def _problem(seed: int = 0):
+    torch.manual_seed(seed)
+    tasks = make_tasks("nyuv2", 13)
+    model = build_model("segnet", {k: t.out_channels for k, t in tasks.items()}, width=0.125)
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.rand(4, 3, 32, 32, generator=gen)
+    targets = {
+        "segmentation": torch.randint(-1, 13, (4, 32, 32), generator=gen),
+        "depth": torch.rand(4, 1, 32, 32, generator=gen),
+        "normal": torch.nn.functional.normalize(torch.randn(4, 3, 32, 32, generator=gen), dim=1),
+    }
+    return tasks, model, images, targets
+
+
+def _sgd(lr: float):
+    return lambda params: torch.optim.SGD(params, lr=lr)
+
+
+def _flat(model) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_one_group_of_all_tasks_is_the_equal_weighting_step() -> None:
+    tasks, model, images, targets = _problem()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    joint = JointUpdater(model, tasks, make_method("ew"), [], NO_AUTOCAST, _sgd(0.1))
+    joint.step(images, targets)
+    after_joint = _flat(model)
+    model.load_state_dict(start)
+    alternating = AlternatingUpdater(
+        model, tasks, make_method("mtl_ius", {"group_size": 3}), NO_AUTOCAST, _sgd(0.1), gen
+    )
+    assert alternating.groups == [[0, 1, 2]]
+    alternating.step(images, targets)
+    torch.testing.assert_close(_flat(model), after_joint)
+
+
+def test_per_task_steps_use_each_group_once_and_io_keeps_one_optimizer_per_group() -> None:
+    tasks, model, images, targets = _problem()
+    gen = torch.Generator().manual_seed(0)
+    ius = AlternatingUpdater(
+        model, tasks, make_method("mtl_ius", {"group_size": 1}), NO_AUTOCAST, _sgd(0.1), gen
+    )
+    io = AlternatingUpdater(
+        model, tasks, make_method("mtl_io", {"group_size": 2}), NO_AUTOCAST, _sgd(0.1), gen
+    )
+    assert (len(ius.groups), len(ius.optimizers)) == (3, 1)
+    assert (len(io.groups), len(io.optimizers)) == (2, 2)
+    out = ius.step(images, targets)
+    assert torch.isfinite(out.losses).all()
+    assert out.weights.tolist() == [1.0, 1.0, 1.0]
+    assert ius.path.total.item() > 0
+
+
+def test_adatask_first_step_moves_shared_weights_by_the_mean_of_per_task_sign_updates() -> None:
+    tasks, model, images, targets = _problem()
+    lr = 1e-3
+    updater = make_updater(
+        model, tasks, make_method("adatask"), [], NO_AUTOCAST,
+        lambda params: torch.optim.Adam(params, lr=lr, eps=1e-30),
+        optimizer_name="adam", lr=lr, adam_betas=(0.9, 0.999), adam_eps=1e-30, weight_decay=0.0,
+        generator=torch.Generator(),
+    )  # fmt: skip
+    assert isinstance(updater, AdaTaskUpdater)
+    shared = model.shared_parameters()
+    before = torch.cat([p.detach().reshape(-1).clone() for p in shared])
+    # The per-task gradients before the step, computed independently.
+    preds = model(images)
+    grads = []
+    for n, t in tasks.items():
+        g = torch.autograd.grad(t.loss(preds[n], targets[n]), shared, retain_graph=True,
+                                allow_unused=True)  # fmt: skip
+        grads.append(torch.cat([
+            (x if x is not None else torch.zeros_like(p)).reshape(-1)
+            for x, p in zip(g, shared, strict=True)
+        ]))  # fmt: skip
+    model.zero_grad(set_to_none=True)
+    updater.step(images, targets)
+    after = torch.cat([p.detach().reshape(-1) for p in shared])
+    # First Adam step with eps ~ 0: each task moves by lr * sign(g_t); AdaTask takes the mean.
+    g = torch.stack(grads)
+    expected = -lr * g.sign().mean(dim=0)
+    clear = ((g == 0) | (g.abs() > 1e-12)).all(dim=0)  # no underflow in g^2
+    assert clear.float().mean() > 0.99
+    torch.testing.assert_close((after - before)[clear], expected[clear], rtol=1e-4, atol=1e-9)
+
+
+def test_adatask_refuses_optimizers_other_than_adam() -> None:
+    tasks, model, _, _ = _problem()
+    with pytest.raises(ValueError, match=r"adatask.*adam"):
+        make_updater(
+            model, tasks, make_method("adatask"), [], NO_AUTOCAST, _sgd(0.1),
+            optimizer_name="sgd", lr=0.1, adam_betas=(0.9, 0.999), adam_eps=1e-8,
+            weight_decay=0.0, generator=torch.Generator(),
+        )  # fmt: skip
+
+
+def test_path_length_sums_the_step_lengths() -> None:
+    p = torch.zeros(3)
+    path = PathLength([p])
+    p.add_(torch.tensor([3.0, 4.0, 0.0]))
+    path.update()
+    p.add_(torch.tensor([0.0, 0.0, 2.0]))
+    path.update()
+    path.update()  # no move
+    assert path.total.item() == pytest.approx(7.0)
+
+
+def test_path_length_of_one_sgd_step_is_lr_times_the_shared_gradient_norm() -> None:
+    tasks, model, images, targets = _problem()
+    updater = JointUpdater(model, tasks, make_method("ew"), [], NO_AUTOCAST, _sgd(0.05))
+    updater.optimizer.step = lambda: None  # capture the gradient first
+    updater.step(images, targets)
+    norm = torch.cat([p.grad.reshape(-1) for p in model.shared_parameters()]).norm()
+    updater.optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    updater.optimizer.step()
+    updater.path.update()
+    assert updater.path.total.item() == pytest.approx(0.05 * norm.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mgda", "cagrad", "imtl_g", "aligned_mtl", "gradnorm", "mgda_ub"])
+def test_aggregators_with_weights_report_them(name: str) -> None:
+    tasks, model, images, targets = _problem()
+    method = make_method(name)
+    params = method.bind(len(tasks))
+    out = training_step(model, tasks, method, images, targets, NO_AUTOCAST, params)
+    assert torch.isfinite(out.weights).all()
+
+
+def test_mgda_ub_moves_shared_weights_by_the_weighted_loss_gradient() -> None:
+    tasks, model, images, targets = _problem()
+    method = make_method("mgda_ub")
+    out = training_step(model, tasks, method, images, targets, NO_AUTOCAST)
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    preds = model(images)
+    losses = torch.stack([t.loss(preds[n], targets[n]) for n, t in tasks.items()])
+    (out.weights * losses).sum().backward()
+    for a, p in zip(got, model.parameters(), strict=True):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_famo_leaves_batchnorm_statistics_as_one_forward_would() -> None:
+    tasks, model, images, targets = _problem()
+    famo = make_method("famo")
+    famo.bind(len(tasks))
+    updater = JointUpdater(model, tasks, famo, [], NO_AUTOCAST, _sgd(0.0))
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    updater.step(images, targets)
+    once = bn.running_mean.clone()
+    with torch.no_grad():
+        bn.running_mean.copy_(before)
+        model(images)  # one training-mode forward
+    torch.testing.assert_close(once, bn.running_mean)
+    assert bn.momentum == 0.1  # restored
