@@ -239,4 +239,6 @@ def test_notebooks_build_locally_afterwards(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     planned = re.findall(r"^\s*(?:local)?rule (\w+):", proc.stdout, flags=re.M)
     # what the cluster made counts as done: the other 3 multi-task runs, then the light rules
-    assert sorted(planned) == ["aggregate_main", "main_notebook", "train", "train", "train"]
+    assert planned.count("train") == 3, planned
+    assert {"aggregate_main", "main_notebook"} <= set(planned)
+    assert not {"train_stl", "baseline", "make_synthetic"} & set(planned), planned
