@@ -28,10 +28,10 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import pandas as pd
 import torch
@@ -43,11 +43,17 @@ from mtl_paradigms.data.mtan import NUM_CLASSES, TASKS, MTANSplit
 from mtl_paradigms.data.splits import dataset_tasks, load_splits
 from mtl_paradigms.data.transforms import augment_batch
 from mtl_paradigms.io import atomic_path, atomic_write, write_json
-from mtl_paradigms.methods import Aggregator, Method, Weighting, make_method
+from mtl_paradigms.methods import Method, make_method
 from mtl_paradigms.models import MultiTaskModel, build_model
 from mtl_paradigms.optim import SignSGD
 from mtl_paradigms.settings import SettingsError
 from mtl_paradigms.tasks import Task, metric_directions
+from mtl_paradigms.updates import StepOutput, Updater, make_updater, task_losses, training_step
+
+__all__ = [
+    "CHECKPOINT", "HISTORY", "METRICS", "StepOutput", "TrainSettings", "evaluate",
+    "make_optimizer", "task_losses", "train", "training_step",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +68,9 @@ class TrainSettings:
 
     ``tasks`` selects a subset of the dataset's tasks (one task = a single-task baseline);
     ``num_classes`` defaults to the dataset's (13 NYUv2, 7 or 19 Cityscapes). ``lr_step_every``
-    halves (``lr_gamma``) the learning rate every so many epochs. Adam's betas/eps and SGD's
+    halves (``lr_gamma``) the learning rate every so many epochs. ``label`` is the name the run
+    is tabulated under (default: the method's; ``fixed_from_<method>`` for fixed weights taken
+    from another run). Adam's betas/eps and SGD's
     momentum are not stated in the paper; (0.9, 0.999), 1e-8 and 0.9 are the usual values.
     """
 
@@ -77,6 +85,7 @@ class TrainSettings:
     pretrained: bool = False
     method: str = "ew"
     method_params: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
     optimizer: Literal["adam", "sgd", "signsgd"] = "adam"
     lr: float = 1e-4
     momentum: float = 0.9
@@ -158,75 +167,6 @@ def make_optimizer(
     )
 
 
-def task_losses(
-    tasks: Mapping[str, Task], preds: Mapping[str, Tensor], batch: Mapping[str, Tensor]
-) -> Tensor:
-    """The ``(T,)`` vector of per-task losses, in the order of ``tasks``."""
-    return torch.stack([task.loss(preds[name], batch[name]) for name, task in tasks.items()])
-
-
-def _flat_grads(grads: Sequence[Tensor | None], params: Sequence[nn.Parameter]) -> Tensor:
-    return torch.cat(
-        [
-            (g if g is not None else torch.zeros_like(p)).reshape(-1)
-            for g, p in zip(grads, params, strict=True)
-        ]
-    )
-
-
-def _assign_flat(params: Sequence[nn.Parameter], flat: Tensor) -> None:
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
-        offset += n
-
-
-@dataclass
-class StepOutput:
-    losses: Tensor  # (T,) detached
-    weights: Tensor  # (T,) detached task weights used for this step (NaN if not defined)
-
-
-def training_step(
-    model: MultiTaskModel,
-    tasks: Mapping[str, Task],
-    method: Method,
-    images: Tensor,
-    targets: Mapping[str, Tensor],
-    autocast: torch.autocast,
-) -> StepOutput:
-    """Forward, per-task losses and the method's gradients, written to ``.grad`` (no step)."""
-    num_tasks = len(tasks)
-    if isinstance(method, Aggregator) and method.requires_grads:
-        shared = model.shared_parameters()
-        heads = [p for name in tasks for p in model.task_parameters(name)]
-        with autocast:
-            z = model.representation(images)
-            preds = model.heads_forward(z, images.shape[-2:])
-            losses = task_losses(tasks, preds, targets).float()
-        rows = [
-            _flat_grads(
-                torch.autograd.grad(losses[t], shared, retain_graph=True, allow_unused=True), shared
-            )
-            for t in range(num_tasks)
-        ]
-        direction = method(torch.stack(rows))
-        head_grads = torch.autograd.grad(losses.mean(), heads, allow_unused=True)
-        _assign_flat(shared, direction)
-        for p, g in zip(heads, head_grads, strict=True):
-            p.grad = g
-        weights = torch.full((num_tasks,), math.nan, device=losses.device)
-        return StepOutput(losses.detach(), weights)
-    if not isinstance(method, Weighting):
-        raise TypeError(f"method {method.name!r} is neither a weighting nor an aggregator")
-    with autocast:
-        preds = model(images)
-        losses = task_losses(tasks, preds, targets).float()
-    method.combine(losses).backward()
-    return StepOutput(losses.detach(), method.weights(losses.detach()).detach())
-
-
 @torch.no_grad()
 def evaluate(
     model: MultiTaskModel,
@@ -275,6 +215,32 @@ class RunState:
     diverged: bool = False
 
 
+class TrainCallback(Protocol):
+    """An observer of a run (e.g. :class:`mtl_paradigms.gradstats.extract.GradStatsCallback`).
+
+    ``on_step`` runs before every update with the run-wide iteration index (from 0), the model,
+    the tasks and the update's batch (augmented); it must change neither the model, its
+    gradients, its buffers nor the trainer's random state. ``on_epoch_end`` runs after every epoch
+    (``epoch`` counts from 1) and before the checkpoint is written, so what a callback flushes
+    there is never written twice by a resumed run. Its ``state_dict`` is saved in the checkpoint.
+    """
+
+    def on_step(
+        self,
+        iteration: int,
+        model: MultiTaskModel,
+        tasks: Mapping[str, Task],
+        images: Tensor,
+        targets: Mapping[str, Tensor],
+    ) -> None: ...
+
+    def on_epoch_end(self, epoch: int, model: MultiTaskModel) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
 def load_baseline(path: str | os.PathLike[str] | None) -> dict[str, dict[str, float]] | None:
     """The single-task baseline (``{"val": {...}, "test": {...}}``) written by ``mtlp baseline``."""
     if path is None:
@@ -292,11 +258,13 @@ def train(
     baseline: Mapping[str, Mapping[str, float]] | None = None,
     progress: bool | None = None,
     stop_after_epochs: int | None = None,
+    callbacks: Sequence[TrainCallback] = (),
 ) -> dict[str, Any]:
     """Train one run into ``out_dir`` (resuming from its checkpoint); return ``metrics.json``.
 
     ``stop_after_epochs`` ends the process's work after that many epochs *of this call* without
     writing the final results (used to test resumption; a killed run behaves the same way).
+    ``callbacks`` observe the run (:class:`TrainCallback`); their state is checkpointed.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -322,17 +290,26 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     method = make_method(settings.method, settings.method_params)
     extra_params = method.bind(len(tasks), device)
-    optimizer = make_optimizer(settings, [*model.parameters(), *extra_params])
-    scheduler = torch.optim.lr_scheduler.StepLR(
-        optimizer, step_size=settings.lr_step_every, gamma=settings.lr_gamma
-    )
     generator = torch.Generator().manual_seed(settings.seed + 1)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
+    updater = make_updater(
+        model, tasks, method, extra_params, autocast,
+        lambda params: make_optimizer(settings, params),
+        optimizer_name=settings.optimizer, lr=settings.lr, adam_betas=settings.adam_betas,
+        adam_eps=settings.adam_eps, weight_decay=settings.weight_decay, generator=generator,
+        val_batch=_batch_sampler(val_split, tasks, settings.batch_size, generator),
+    )  # fmt: skip
+    schedulers = [
+        torch.optim.lr_scheduler.StepLR(
+            o, step_size=settings.lr_step_every, gamma=settings.lr_gamma
+        )
+        for o in updater.optimizers
+    ]
 
     state = RunState()
     checkpoint = out / CHECKPOINT
     if checkpoint.exists():
-        state = _restore(checkpoint, model, optimizer, scheduler, method, generator)
+        state = _restore(checkpoint, model, updater, schedulers, method, generator, callbacks)
         log.info("resuming %s after epoch %d", out, state.epoch)
 
     baseline_val = dict(baseline["val"]) if baseline is not None else None
@@ -348,14 +325,18 @@ def train(
             break
         started = time.perf_counter()
         loss_sum, weight_sum, steps = _train_epoch(
-            model, tasks, method, optimizer, train_split, settings, generator, autocast
+            updater, tasks, train_split, settings, generator, callbacks, epoch
         )
         method.epoch_end((loss_sum / steps).detach())
         mean_losses = (loss_sum / steps).tolist()
         if not all(math.isfinite(v) for v in mean_losses):
             state.diverged = True
             log.warning("%s diverged in epoch %d (losses %s)", out, epoch + 1, mean_losses)
-        record: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": schedulers[0].get_last_lr()[0],
+            "path_length": updater.path.total.item(),
+        }
         record |= {f"train_loss/{name}": v for name, v in zip(tasks, mean_losses, strict=True)}
         record |= {
             f"weight/{name}": v
@@ -387,8 +368,11 @@ def train(
         record["seconds"] = time.perf_counter() - started
         state.history.append(record)
         state.epoch = epoch + 1
-        scheduler.step()
-        _save(checkpoint, state, model, optimizer, scheduler, method, generator)
+        for callback in callbacks:
+            callback.on_epoch_end(state.epoch, model)
+        for scheduler in schedulers:
+            scheduler.step()
+        _save(checkpoint, state, model, updater, schedulers, method, generator, callbacks)
         if stop_at is not None and state.epoch >= stop_at:
             return {}
     bar.close()
@@ -402,17 +386,29 @@ def _restrict(baseline: Mapping[str, float], metrics: Mapping[str, float]) -> di
     return {k: baseline[k] for k in metrics}
 
 
+def _batch_sampler(
+    split: MTANSplit, tasks: Mapping[str, Task], batch_size: int, generator: torch.Generator
+) -> Callable[[], tuple[Tensor, dict[str, Tensor]]]:
+    """Random batches of ``split`` (for methods that look at validation data: Auto-Lambda)."""
+
+    def sample() -> tuple[Tensor, dict[str, Tensor]]:
+        idx = torch.randperm(len(split), generator=generator)[:batch_size].to(split.images.device)
+        return split.images[idx], {name: split.targets[name][idx] for name in tasks}
+
+    return sample
+
+
 def _train_epoch(
-    model: MultiTaskModel,
+    updater: Updater,
     tasks: Mapping[str, Task],
-    method: Method,
-    optimizer: torch.optim.Optimizer,
     split: MTANSplit,
     settings: TrainSettings,
     generator: torch.Generator,
-    autocast: torch.autocast,
+    callbacks: Sequence[TrainCallback] = (),
+    epoch: int = 0,
 ) -> tuple[Tensor, Tensor, int]:
     device = split.images.device
+    first_iteration = epoch * (len(split) // settings.batch_size)
     order = torch.randperm(len(split), generator=generator).to(device)
     num_tasks = len(tasks)
     loss_sum = torch.zeros(num_tasks, device=device)
@@ -427,9 +423,9 @@ def _train_epoch(
             images, targets = augment_batch(images, targets, generator)
         if settings.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        optimizer.zero_grad(set_to_none=True)
-        out = training_step(model, tasks, method, images, targets, autocast)
-        optimizer.step()
+        for callback in callbacks:
+            callback.on_step(first_iteration + steps, updater.model, tasks, images, targets)
+        out = updater.step(images, targets)
         loss_sum += out.losses
         weight_sum += out.weights.to(weight_sum.dtype)
         steps += 1
@@ -444,20 +440,22 @@ def _save(
     path: Path,
     state: RunState,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    updater: Updater,
+    schedulers: Sequence[Any],
     method: Method,
     generator: torch.Generator,
+    callbacks: Sequence[TrainCallback] = (),
 ) -> None:
     payload = {
         "state": asdict(state),
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "updater": updater.state_dict(),
+        "schedulers": [s.state_dict() for s in schedulers],
         "method": method.state_dict(),
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "callbacks": [callback.state_dict() for callback in callbacks],
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -466,10 +464,11 @@ def _save(
 def _restore(
     path: Path,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    updater: Updater,
+    schedulers: Sequence[Any],
     method: Method,
     generator: torch.Generator,
+    callbacks: Sequence[TrainCallback] = (),
 ) -> RunState:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
@@ -478,13 +477,22 @@ def _restore(
             f"{path}: cannot read the checkpoint ({err}); move it away to restart the run"
         ) from err
     model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
     method.load_state_dict(payload["method"])
+    updater.load_state_dict(payload["updater"])
+    for scheduler, saved in zip(schedulers, payload["schedulers"], strict=True):
+        scheduler.load_state_dict(saved)
     generator.set_state(payload["generator"])
     torch.set_rng_state(payload["torch_rng"])
     if payload["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    saved_callbacks = payload.get("callbacks", [])
+    if callbacks and len(saved_callbacks) != len(callbacks):
+        raise RuntimeError(
+            f"{path}: the checkpoint holds {len(saved_callbacks)} callback state(s), the run has "
+            f"{len(callbacks)}; resume with the same callbacks or move the checkpoint away"
+        )
+    for callback, saved in zip(callbacks, saved_callbacks, strict=False):
+        callback.load_state_dict(saved)
     return RunState(**payload["state"])
 
 

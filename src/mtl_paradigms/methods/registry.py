@@ -10,14 +10,18 @@ from mtl_paradigms.methods.aggregators import IMTLG, MGDA, AlignedMTL, GradDrop
 from mtl_paradigms.methods.base import Method
 from mtl_paradigms.methods.edm import CDTT, EDM
 from mtl_paradigms.methods.gradient import CAGrad, PCGrad
+from mtl_paradigms.methods.learned import FAMO, IMTL, MGDAUB, AutoLambda, GradNorm
 from mtl_paradigms.methods.loss_weightings import DWA, IMTLL, RLW, SI
 from mtl_paradigms.methods.nash_mtl import NashMTL
+from mtl_paradigms.methods.strategies import MTLIO, MTLIUS, AdaTask, Strategy
 from mtl_paradigms.methods.weighting import EW, UW, UWO, FixedWeights
 
 _ALL: tuple[type[Method], ...] = (
     EW, FixedWeights, UW, UWO, RLW, SI, IMTLL, DWA,
     PCGrad, CAGrad, MGDA, IMTLG, AlignedMTL, GradDrop,
     NashMTL, EDM, CDTT,
+    GradNorm, FAMO, AutoLambda, IMTL, MGDAUB,
+    AdaTask, MTLIUS, MTLIO,
 )  # fmt: skip
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _ALL}
 
@@ -47,7 +51,10 @@ def describe_methods() -> list[dict[str, Any]]:
             p.name: (None if p.default is inspect.Parameter.empty else p.default)
             for p in sig.parameters.values()
         }
-        kind = "aggregator" if cls.requires_grads else "weighting"
+        if issubclass(cls, Strategy):
+            kind = "strategy"
+        else:
+            kind = "aggregator" if cls.requires_grads else "weighting"
         doc = (inspect.getdoc(cls) or "").splitlines()[0]
         rows.append({"name": name, "kind": kind, "hyperparameters": params, "summary": doc})
     return rows
