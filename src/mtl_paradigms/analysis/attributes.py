@@ -1,8 +1,9 @@
 """The CelebA-style run's table: per-attribute test accuracy and F1 per method x optimizer.
 
-Rows are the attributes (alphabetical, as CelebA lists its 40), then the mean accuracy, the mean F1 and Δm.
-A cell is ``mean ± std`` over seeds. Where a method x optimizer ran several learning rates,
-the one with the best mean validation accuracy is shown (the paper selects on validation).
+Rows are the attributes (alphabetical, as CelebA lists its 40), then the mean accuracy, the
+mean F1 and Δm. A cell is ``mean ± std`` over seeds. Where a method x optimizer ran several
+learning rates, the one with the best mean validation accuracy is shown (the paper selects on
+validation).
 
 Δm (Maninis et al.; lower is better) is taken over the per-attribute *accuracies* against a
 *reference run* (default: EW with Adam), not against single-task baselines: the embedded

@@ -539,7 +539,3 @@ def _check_first_files(base: Path, dataset: str, split: str) -> None:
         elif folder == NORMAL:
             check_normal(path, array, hw)
 
-
-def looks_like_release(root: Path, dataset: str) -> bool:
-    """Whether ``root`` has ``train/`` and ``val/`` with every folder of the dataset."""
-    return all((root / split / folder).is_dir() for split in SPLITS for folder in FOLDERS[dataset])

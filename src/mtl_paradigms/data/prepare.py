@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mtl_paradigms.data.download import archive_kind, extract_into
-from mtl_paradigms.data.mtan import FOLDERS, DatasetError, check_layout, looks_like_release
+from mtl_paradigms.data.mtan import FOLDERS, SPLITS, DatasetError, check_layout
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,8 @@ MAX_NESTED = 8
 def _find_release(tree: Path, dataset: str) -> Path | None:
     candidates = [tree]
     for depth in range(MAX_DEPTH + 1):
-        found = [c for c in candidates if looks_like_release(c, dataset)]
+        # train/image and val/image mark a release; check_layout then names what is missing
+        found = [c for c in candidates if all((c / s / "image").is_dir() for s in SPLITS)]
         if found:
             if len(found) > 1:
                 raise DatasetError(f"several {dataset} releases in one archive: {found}")
@@ -83,7 +84,11 @@ def prepare_mtan(
                 f"{', '.join(map(str, archives))}: no {dataset} release inside (expected "
                 f"{folders} within {MAX_DEPTH} folder levels)"
             )
-        counts = check_layout(release, dataset, expect_sizes=expect_sizes)
+        try:
+            counts = check_layout(release, dataset, expect_sizes=expect_sizes)
+        except DatasetError as err:  # name the file inside the archive, not the scratch folder
+            inside = ", ".join(Path(a).name for a in archives)
+            raise DatasetError(str(err).replace(f"{work}/", f"{inside}: ")) from err
         os.rename(release, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,7 +1,10 @@
 """ResNet-18 with one linear layer per task: the CelebA network of Elich et al. (2024).
 
-Encoder: torchvision's ``resnet18`` without its ``fc`` layer: stem, layer1-layer4 and global
-average pooling, giving a 512-dimensional representation ``z`` (the shared part). Heads: one
+Encoder: ResNet-18 (He et al. 2016; BasicBlocks [2, 2, 2, 2], widths 64-512) without its ``fc``
+layer: stem, layer1-layer4 and global average pooling, giving a 512-dimensional representation
+``z`` (the shared part). It is built here with torchvision's module names and initialisation
+(Kaiming-normal convolutions, BatchNorm weight 1 / bias 0), so torchvision's state dicts load
+into it; building it without importing torchvision saves seconds per training job. Heads: one
 ``nn.Linear(512, 1)`` per binary attribute (a logit), as "ResNet-18 + one linear layer per task".
 
 Inputs are ``N x 3 x H x W``; uint8 batches (the prepared CelebA, see
@@ -57,14 +60,67 @@ class ResNetEncoder(nn.Module):
         return torch.flatten(self.avgpool(x), 1)
 
 
-def resnet18_encoder(pretrained: bool = False) -> ResNetEncoder:
-    """The shared ResNet-18 encoder; ImageNet weights with ``pretrained``."""
-    import torchvision.models
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm and a residual connection (ResNet-18/34)."""
 
-    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1 if pretrained else None
-    if weights is not None:
+    def __init__(self, in_channels: int, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channels != channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class _ResNet18Body(nn.Module):
+    """The modules of torchvision's ``resnet18`` up to ``avgpool``, under the same names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        widths, channels = (64, 128, 256, 512), 64
+        for i, width in enumerate(widths, start=1):
+            stride = 1 if i == 1 else 2
+            layer = nn.Sequential(BasicBlock(channels, width, stride), BasicBlock(width, width))
+            setattr(self, f"layer{i}", layer)
+            channels = width
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+
+def resnet18_encoder(pretrained: bool = False) -> ResNetEncoder:
+    """The shared ResNet-18 encoder; torchvision's ImageNet weights with ``pretrained``."""
+    encoder = ResNetEncoder(_ResNet18Body(), RESNET18_FEATURES)
+    if pretrained:
+        import torchvision.models  # only here: importing torchvision costs seconds
+
+        weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
         logger.info("loading torchvision ImageNet weights %s for the ResNet-18 encoder", weights)
-    return ResNetEncoder(torchvision.models.resnet18(weights=weights), RESNET18_FEATURES)
+        state = weights.get_state_dict(progress=False, check_hash=True)
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        missing, unexpected = encoder.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith(("mean", "std")) for k in missing):
+            raise RuntimeError(f"ResNet-18 weights do not fit: {missing=} {unexpected=}")
+    return encoder
 
 
 def linear_head(in_features: int, out_features: int) -> nn.Linear:

@@ -55,6 +55,7 @@ from mtl_paradigms.settings import SettingsError, from_mapping
 logger = logging.getLogger(__name__)
 
 WIDTH, HEIGHT = 178, 218  # the official aligned images
+ZIP_DATE = (2015, 1, 1, 0, 0, 0)  # fixed member times: the same settings give the same bytes
 #: attribute -> frequency (Mustache: probability given Male).
 ATTRIBUTES: dict[str, float] = {
     "Dark_Background": 0.50,
@@ -195,7 +196,7 @@ def write_synthetic_celeba(
     partition: list[str] = []
     with atomic_directory(out_dir) as tmp:
         with zipfile.ZipFile(tmp / IMAGES_ZIP, "w", compression=zipfile.ZIP_STORED) as zf:
-            zf.writestr(f"{IMAGES_DIR}/", b"")
+            zf.writestr(zipfile.ZipInfo(f"{IMAGES_DIR}/", ZIP_DATE), b"")
             bar = tqdm(range(settings.num_images), desc="synthetic celeba", disable=not progress)
             for i in bar:
                 rng = np.random.default_rng(np.random.SeedSequence([settings.seed, i]))
@@ -204,7 +205,8 @@ def write_synthetic_celeba(
                 Image.fromarray(render_face(attrs, rng)).save(
                     buffer, format="JPEG", quality=settings.jpeg_quality
                 )
-                zf.writestr(f"{IMAGES_DIR}/{file_name(i)}", buffer.getvalue())
+                info = zipfile.ZipInfo(f"{IMAGES_DIR}/{file_name(i)}", ZIP_DATE)
+                zf.writestr(info, buffer.getvalue())
                 values = " ".join(f"{1 if attrs[n] else -1:2d}" for n in names)
                 rows.append(f"{file_name(i)} {values}")
                 part = 0 if i < train else 1 if i < train + val else 2
