@@ -33,15 +33,17 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from mtl_paradigms.data.download import atomic_directory, check_member_name
-from mtl_paradigms.data.mtan import DatasetError
+from mtl_paradigms.data.errors import DatasetError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: preparing needs none
+    import torch
+    from torch import Tensor
 from mtl_paradigms.io import write_json
 
 logger = logging.getLogger(__name__)
@@ -99,6 +101,8 @@ class AttributeSplit:
         return self.images.device
 
     def subset(self, indices: Sequence[int] | Tensor | np.ndarray) -> AttributeSplit:
+        import torch
+
         index = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=self.device)
         return AttributeSplit(
             self.images.index_select(0, index),
@@ -390,6 +394,8 @@ def load_celeba_split(
     index = np.flatnonzero(arrays["partition.npy"] == SPLIT_CODES[split])
     if index.size == 0:
         raise DatasetError(f"{Path(root) / 'partition.npy'}: the {split} split is empty")
+    import torch
+
     images = torch.from_numpy(np.ascontiguousarray(arrays["images.npy"][index]))
     columns = arrays["attributes.npy"][index]
     targets = {a: torch.from_numpy(columns[:, names.index(a)].astype(np.float32)) for a in chosen}

@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mtl_paradigms.data.errors import DatasetError
+
 logger = logging.getLogger(__name__)
 
 Dataset = Literal["nyuv2", "cityscapes"]
@@ -84,10 +86,6 @@ SYNTHETIC_META = "synthetic.json"
 IGNORE_LABEL = -1
 LOAD_THREADS = 4  # threads reading files of one folder
 _INDEX_FILE = re.compile(r"^(\d+)\.npy$")
-
-
-class DatasetError(ValueError):
-    """A dataset folder or file is missing, malformed, or inconsistent; the message names it."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -538,4 +536,3 @@ def _check_first_files(base: Path, dataset: str, split: str) -> None:
             check_depth(path, array, hw)
         elif folder == NORMAL:
             check_normal(path, array, hw)
-

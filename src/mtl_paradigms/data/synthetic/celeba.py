@@ -109,6 +109,9 @@ class SyntheticCelebASettings:
         return self.num_images - val - test, val, test
 
 
+_GRID = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+
+
 def sample_attributes(rng: np.random.Generator) -> dict[str, bool]:
     out = {name: bool(rng.random() < p) for name, p in ATTRIBUTES.items()}
     out["Mustache"] = out["Mustache"] and out["Male"]
@@ -117,7 +120,7 @@ def sample_attributes(rng: np.random.Generator) -> dict[str, bool]:
 
 def render_face(attrs: dict[str, bool], rng: np.random.Generator) -> np.ndarray:
     """One ``HEIGHT x WIDTH x 3`` uint8 image showing ``attrs`` (see the module table)."""
-    y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    y, x = _GRID
     base = rng.uniform(0.15, 0.3) if attrs["Dark_Background"] else rng.uniform(0.6, 0.8)
     tint = rng.uniform(-0.08, 0.08, size=3)
     img = np.empty((HEIGHT, WIDTH, 3), dtype=np.float32)
@@ -172,7 +175,7 @@ def render_face(attrs: dict[str, bool], rng: np.random.Generator) -> np.ndarray:
 
     img *= rng.uniform(1.15, 1.3) if attrs["Bright_Light"] else rng.uniform(0.8, 0.95)
     sigma = 0.12 if attrs["Noisy"] else 0.02
-    img += rng.normal(0, sigma, size=img.shape).astype(np.float32)
+    img += sigma * rng.standard_normal(size=img.shape, dtype=np.float32)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
