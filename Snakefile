@@ -16,6 +16,7 @@ include: "workflow/rules/celeba.smk"
 include: "workflow/rules/toy.smk"
 include: "workflow/rules/invariance.smk"
 include: "workflow/rules/main.smk"
+include: "workflow/rules/gradstats.smk"
 include: "workflow/rules/claims.smk"
 
 

@@ -81,6 +81,9 @@ def test_every_declared_output_exists_and_is_not_empty(built: Path) -> None:
         "results/notebooks/toy.html", "results/notebooks/invariance.ipynb",
         "figures/fig2_segnet.pdf", "figures/table2.tex", "figures/tableA4.md",
         "figures/figA3.png", "results/notebooks/main.html", "results/main/runs.csv",
+        "figures/fig4_cityscapes_segnet.pdf", "figures/figA7_cityscapes_segnet.png",
+        "figures/fig3.pdf", "results/notebooks/gradstats.html",
+        "results/gradstats/cityscapes/segnet/gradstats.csv",
     }  # fmt: skip
     assert expected <= set(targets)
     for target in targets:
@@ -103,7 +106,7 @@ def test_claims_table_has_rows_from_both_stages(built: Path) -> None:
     import pandas as pd
 
     claims = pd.read_csv(built / "figures/claims.csv")
-    assert set(claims["stage"]) == {"toy", "invariance", "main"}
+    assert set(claims["stage"]) == {"toy", "invariance", "main", "gradstats"}
     assert claims["measured"].str.len().min() > 0
 
 
@@ -119,6 +122,7 @@ def test_dry_run_of_the_default_config(tmp_path: Path) -> None:
     proc = snakemake(workdir, "-n")
     rules = ("toy_simulate", "toy_notebook", "invariance_simulate", "invariance_notebook")
     rules += ("make_synthetic", "train_stl", "baseline", "train", "aggregate_main")
+    rules += ("gradstats_train", "gradstats_fig3", "gradstats_claims", "gradstats_notebook")
     for rule in (*rules, "main_notebook", "claims"):
         assert rule in proc.stdout
 

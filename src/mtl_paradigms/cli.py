@@ -171,6 +171,8 @@ def _cmd_notebook(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mtl_paradigms.gradstats.cli import add_gradstats_parser
+
     parser = argparse.ArgumentParser(
         prog="mtlp",
         description="mtl-paradigms: reproduce multi-task-learning optimization studies.",
@@ -255,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cwd", type=Path, default=Path.cwd(), help="working directory of the kernel")
     p.set_defaults(func=_cmd_notebook)
+
+    add_gradstats_parser(sub)  # mtlp gradstats {train,checkpoints,fig3,claims}
     return parser
 
 

@@ -185,9 +185,100 @@ def enabled_stages():
     return [stage for stage, on in config["stages"].items() if on]
 
 
+# ---- gradient statistics (workflow/rules/gradstats.smk) --------------------------------
+GRADSTATS = f"{RESULTS}/gradstats"
+GRADSTATS_FAMILIES = ("fig4", "figA5", "figA6", "figA7")
+
+
+def gradstats_panels():
+    panels = [(p["dataset"], p["arch"]) for p in config["gradstats"]["panels"]]
+    missing = sorted({d for d, _ in panels} - set(config["main"]["datasets"]))
+    if missing:
+        raise ValueError(
+            f"config gradstats.panels: dataset(s) {missing} not defined in main.datasets"
+        )
+    return panels
+
+
+def gradstats_json(key):
+    """A sub-section of `gradstats` as compact JSON for `mtlp gradstats --settings`."""
+    return json.dumps(config["gradstats"][key], sort_keys=True, separators=(",", ":"))
+
+
+def gradstats_train_json(dataset, arch):
+    """TrainSettings of a panel's gradient-statistics run: EW + Adam, model selection on the
+    validation loss (no single-task baseline needed)."""
+    main = config["main"]
+    gs = config["gradstats"]
+    ds = dataset_config(dataset)
+    # gradstats.train overrides main.train; dataset and architecture settings still apply.
+    settings = {**main["train"], **gs.get("train", {}), **ds.get("train", {})}
+    settings |= main["archs"][arch]
+    settings |= {
+        "dataset": dataset,
+        "data_dir": dataset_dir(dataset),
+        "arch": arch,
+        "tasks": ds["tasks"],
+        "method": "ew",
+        "optimizer": "adam",
+        "lr": 1e-3 if gs["lr"] == "selected" else float(gs["lr"]),
+        "seed": int(gs["seed"]),
+        "selection": "val_loss",
+    }
+    if ds["source"] == "synthetic" and ds["synthetic"].get("num_classes"):
+        settings["num_classes"] = ds["synthetic"]["num_classes"]
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+
+
+def gradstats_lr_input():
+    """`lr: selected` takes EW + Adam's learning rate selected by the main experiment."""
+    return (
+        [f"{RESULTS}/main/runs.csv"] if config["gradstats"]["lr"] == "selected" else []
+    )
+
+
+def gradstats_stats_files():
+    return [f"{GRADSTATS}/{d}/{a}/gradstats.csv" for d, a in gradstats_panels()]
+
+
+def gradstats_panel_args():
+    return " ".join(
+        f"--panel {d}/{a}={GRADSTATS}/{d}/{a}/gradstats.csv"
+        for d, a in gradstats_panels()
+    )
+
+
+def gradstats_sources_args():
+    datasets = sorted({d for d, _ in gradstats_panels()})
+    return " ".join(f"--source {d}={dataset_config(d)['source']}" for d in datasets)
+
+
+def gradstats_figure_ids(dataset, arch):
+    return {family: f"{family}_{dataset}_{arch}" for family in GRADSTATS_FAMILIES}
+
+
+def gradstats_panels_json():
+    panels = [
+        {"dataset": d, "arch": a, "stats": f"{GRADSTATS}/{d}/{a}/gradstats.csv"}
+        | gradstats_figure_ids(d, a)
+        for d, a in gradstats_panels()
+    ]
+    return json.dumps(panels, separators=(",", ":"))
+
+
+def gradstats_artefacts():
+    files = figure_files("fig3") + figure_files("gradstats_interference")
+    for dataset, arch in gradstats_panels():
+        for name in gradstats_figure_ids(dataset, arch).values():
+            files += figure_files(name)
+    return files
+
+
 def stage_outputs(stage):
     if stage == "main":
         return notebook_files("main") + main_artefacts()
+    if stage == "gradstats":  # gradstats_artefacts(): workflow/rules/gradstats.smk
+        return notebook_files("gradstats") + gradstats_artefacts()
     if stage in DATA_STAGE_OUTPUTS:  # workflow/rules/data.smk, celeba.smk
         return DATA_STAGE_OUTPUTS[stage]()
     spec = STAGE_ARTEFACTS[stage]
