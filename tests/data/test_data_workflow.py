@@ -37,6 +37,7 @@ TARGETS = [
     "results/data/cityscapes.verified.json",
     "data/prepared/celeba_real_32",
     "data/prepared/multimnist_real",
+    "data/torch/hub/checkpoints/resnet18-f37072fd.pth",
 ]
 
 
@@ -100,6 +101,15 @@ def served(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
             for name, body in files.items():
                 mirrors[f"{src}/{name}"] = [server.add(f"{src}/{name}", body)]
                 checksums[f"{src}/{name}"] = {"md5": hashlib.md5(body).hexdigest()}
+        # torchvision's ResNet-18 checkpoint: random weights under the official file name.
+        torch.manual_seed(0)
+        from mtl_paradigms.models.resnet import resnet18_encoder
+
+        weights = io.BytesIO()
+        torch.save(resnet18_encoder().state_dict(), weights)
+        key = "weights/resnet18-f37072fd.pth"
+        mirrors[key] = [server.add("resnet18.pth", weights.getvalue())]
+        checksums[key] = {"sha256": hashlib.sha256(weights.getvalue()).hexdigest()}
         yield server, mirrors, checksums
 
 
@@ -143,6 +153,35 @@ def test_rules_download_verify_prepare_and_a_batch_loads(served, built: Path) ->
     train, _, test = multimnist_splits(built / "data/prepared/multimnist_real", 100, 0)
     assert train["image"].shape[1:] == (1, 28, 28)
     assert set(np.unique(train["label_left"])) <= set(range(10))
+
+
+@pytest.mark.slow
+def test_downloaded_weights_load_through_torchvision(
+    built: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mtl_paradigms.models import build_model
+
+    monkeypatch.setenv("TORCH_HOME", str(built / "data/torch"))
+    state = torch.load(built / TARGETS[-1], weights_only=True)
+    model = build_model("resnet18", {"a": 1}, pretrained=True)
+    torch.testing.assert_close(model.encoder.layer3[0].conv2.weight, state["layer3.0.conv2.weight"])
+
+
+def test_pretrained_configs_put_the_weights_in_the_dag(tmp_path: Path) -> None:
+    workdir = copy_workflow(tmp_path / "wf")
+    write_config(
+        workdir, {},
+        main={"panels": [{"dataset": "nyuv2", "arch": "deeplabv3"}],
+              "archs": {"deeplabv3": {"pretrained": True}}},
+        celeba={"source": "synthetic", "train": {"pretrained": True}},
+        stages={"main": True, "celeba": True},
+    )  # fmt: skip
+    proc = snakemake(workdir, "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "data/torch/hub/checkpoints/resnet50-0676ba61.pth" in out
+    assert "data/torch/hub/checkpoints/resnet18-f37072fd.pth" in out
+    assert "TORCH_HOME=data/torch mtlp train" in out or "rule download_weights:" in out
 
 
 @pytest.mark.slow
