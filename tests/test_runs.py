@@ -8,7 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mtl_paradigms.runs import build_baseline, metric_directions_of, runs_table
+from mtl_paradigms.runs import (
+    build_baseline,
+    fixed_weights_from_history,
+    metric_directions_of,
+    runs_table,
+)
 
 
 def record(task: str | None, lr: float, seed: int, val_loss: float | None, **extra: object) -> dict:
@@ -67,3 +72,26 @@ def test_directions_cover_every_metric() -> None:
     directions = metric_directions_of(RECORDS)
     assert directions["segmentation/miou"] is True
     assert directions["depth/abs_err"] is False
+
+
+def test_fixed_weights_are_the_last_ema_of_the_epoch_averages(tmp_path: Path) -> None:
+    history = pd.DataFrame(
+        {"epoch": [1, 2, 3], "weight/a": [0.2, 0.4, 0.6], "weight/b": [0.8, 0.6, 0.4]}
+    )
+    history.to_csv(tmp_path / "history.csv", index=False)
+    fixed = fixed_weights_from_history(tmp_path / "history.csv", beta=0.5)
+    # m1 = w1; m2 = 0.5 m1 + 0.5 w2; m3 = 0.5 m2 + 0.5 w3
+    assert fixed["tasks"] == ["a", "b"]
+    assert fixed["weights"] == pytest.approx([0.45, 0.55])
+    assert fixed["epochs"] == 3
+
+
+def test_fixed_weights_refuse_a_method_without_weights(tmp_path: Path) -> None:
+    pd.DataFrame({"epoch": [1], "weight/a": [float("nan")]}).to_csv(tmp_path / "h.csv")
+    with pytest.raises(ValueError, match="logs no task weights"):
+        fixed_weights_from_history(tmp_path / "h.csv")
+    pd.DataFrame({"epoch": [1]}).to_csv(tmp_path / "none.csv")
+    with pytest.raises(ValueError, match="no per-epoch task weights"):
+        fixed_weights_from_history(tmp_path / "none.csv")
+    with pytest.raises(ValueError, match="beta"):
+        fixed_weights_from_history(tmp_path / "h.csv", beta=1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -111,6 +112,25 @@ def test_claims_table_has_rows_from_both_stages(built: Path) -> None:
 
 
 @pytest.mark.slow
+def test_fixed_weights_run_uses_the_smoothed_weights_of_its_source_run(built: Path) -> None:
+    import pandas as pd
+
+    from mtl_paradigms.runs import fixed_weights_from_history
+
+    run = "cityscapes/segnet/{}/adam/lr0.01/seed0"
+    fixed = json.loads((built / "results/fixed_weights" / f"{run.format('uwo')}.json").read_text())
+    source = fixed_weights_from_history(built / "results/runs" / run.format("uwo") / "history.csv")
+    assert fixed["weights"] == source["weights"]
+    metrics = json.loads(
+        (built / "results/runs" / run.format("fixed_from_uwo") / "metrics.json").read_text()
+    )
+    assert metrics["settings"]["method"] == "fixed"
+    assert metrics["settings"]["method_params"] == {"weights": fixed["weights"]}
+    runs = pd.read_csv(built / "results/main/runs.csv")
+    assert "fixed_from_uwo" in set(runs["method"])
+
+
+@pytest.mark.slow
 def test_rendered_notebooks_show_the_figures(built: Path) -> None:
     html = (built / "results/notebooks/toy.html").read_text()
     assert "image/png" in html
@@ -135,6 +155,7 @@ def test_dry_run_of_the_default_config(tmp_path: Path) -> None:
         ("invariance:\n  loss_scales: [10.0, -1.0]\n", "-1.0"),
         ("stagez:\n  toy: true\n", "stagez"),
         ("main:\n  grid:\n    methods: [ew, pcgard]\n", "pcgard"),
+        ("main:\n  grid:\n    methods: [ew, fixed_from_pcgard]\n", "fixed_from_pcgard"),
     ],
 )
 def test_bad_config_fails_before_any_job_naming_the_key(

@@ -7,6 +7,7 @@ Snakemake rules call these verbs; each verb takes its stage's settings as JSON
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -101,17 +102,38 @@ def _cmd_verify_dataset(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     import torch
 
-    from mtl_paradigms.settings import from_json
+    from mtl_paradigms.settings import SettingsError, from_json
     from mtl_paradigms.train import TrainSettings, load_baseline, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = from_json(TrainSettings, args.settings, "train")
+    if args.fixed_weights is not None:
+        if settings.method != "fixed":
+            raise SettingsError(
+                f"train --fixed-weights needs method 'fixed', the settings say {settings.method!r}"
+            )
+        fixed = json.loads(args.fixed_weights.read_text())
+        if fixed["tasks"] != settings.task_names:
+            raise SettingsError(
+                f"{args.fixed_weights}: weights for tasks {fixed['tasks']}, "
+                f"the run trains {settings.task_names}"
+            )
+        settings = dataclasses.replace(settings, method_params={"weights": fixed["weights"]})
     metrics = train(settings, args.out, baseline=load_baseline(args.baseline))
     log.info(
         "%s: diverged=%s, selected epoch %s, test delta_m %s",
         args.out, metrics["diverged"], metrics["selected_epoch"], metrics["test_delta_m"],
     )  # fmt: skip
+
+
+def _cmd_fixed_weights(args: argparse.Namespace) -> None:
+    from mtl_paradigms.io import write_json
+    from mtl_paradigms.runs import fixed_weights_from_history
+
+    fixed = fixed_weights_from_history(args.history, beta=args.beta)
+    write_json(args.out, fixed)
+    log.info("fixed weights %s (tasks %s) from %s", fixed["weights"], fixed["tasks"], args.history)
 
 
 def _cmd_baseline(args: argparse.Namespace) -> None:
@@ -215,7 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--baseline", type=Path, help="single-task baseline (.json) for delta_m")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument(
+        "--fixed-weights", type=Path,
+        help="weights file from `mtlp fixed-weights` (the settings' method must be 'fixed')",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "fixed-weights", help="fixed task weights from a run's history (EMA of epoch averages)"
+    )
+    p.add_argument("history", type=Path, help="history.csv of the source run")
+    p.add_argument("--beta", type=float, default=0.9, help="EMA factor (default 0.9)")
+    p.add_argument("--out", required=True, type=Path, help="weights file (.json)")
+    p.set_defaults(func=_cmd_fixed_weights)
 
     p = sub.add_parser("baseline", help="single-task baseline from STL runs' metrics.json")
     p.add_argument("inputs", nargs="+", type=Path, help="metrics.json of single-task runs")

@@ -74,7 +74,7 @@ def run_row(data: Mapping[str, Any], data_source: str) -> dict[str, Any]:
     stl = s["tasks"] is not None and len(s["tasks"]) == 1 and s["selection"] == "val_loss"
     row: dict[str, Any] = {
         "dataset": s["dataset"], "data_source": data_source, "arch": s["arch"],
-        "method": "stl" if stl else s["method"],
+        "method": "stl" if stl else (s.get("label") or s["method"]),
         "tasks": "+".join(s["tasks"]) if s["tasks"] else "all",
         "optimizer": s["optimizer"], "lr": s["lr"], "seed": s["seed"],
         "diverged": bool(data["diverged"]), "selected_epoch": data["selected_epoch"],
@@ -121,3 +121,35 @@ def _num(value: Any) -> float:
         if value is None or (isinstance(value, float) and math.isnan(value))
         else float(value)
     )
+
+
+def fixed_weights_from_history(path: str | os.PathLike[str], beta: float = 0.9) -> dict[str, Any]:
+    """Fixed task weights from a finished run (Gama & Grassi's "fixed weights" procedure).
+
+    The run's ``history.csv`` holds, per epoch, the average task weights of its steps
+    (``weight/<task>`` columns). They are smoothed by an exponential moving average
+    ``m_e = beta m_{e-1} + (1 - beta) w_e`` (``m_1 = w_1``) and the last epoch's value is
+    returned, on the same (mean) scale as the source method's weights.
+    """
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"fixed weights: beta must be in [0, 1), got {beta}")
+    history = pd.read_csv(path)
+    columns = [c for c in history.columns if c.startswith("weight/")]
+    if not columns or history.empty:
+        raise ValueError(f"{path}: no per-epoch task weights (weight/<task> columns) to fix")
+    weights = history[columns].to_numpy(dtype=float)
+    if not np.isfinite(weights).all():
+        raise ValueError(
+            f"{path}: the source method logs no task weights (NaN); fixed weights need a "
+            "weighting or an aggregator whose direction is a combination of task gradients"
+        )
+    ema = weights[0].copy()
+    for row in weights[1:]:
+        ema = beta * ema + (1.0 - beta) * row
+    return {
+        "tasks": [c.removeprefix("weight/") for c in columns],
+        "weights": [float(w) for w in ema],
+        "beta": beta,
+        "epochs": len(weights),
+        "source": str(path),
+    }

@@ -290,6 +290,7 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     method = make_method(settings.method, settings.method_params)
     extra_params = method.bind(len(tasks), device)
+    method.attach(model)
     generator = torch.Generator().manual_seed(settings.seed + 1)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
     updater = make_updater(

@@ -102,6 +102,8 @@ def training_step(
             preds = model.heads_forward(z, images.shape[-2:])
             losses = task_losses(tasks, preds, targets).float()
         method.observe(losses.detach())
+        if method.representation:
+            method.observe_representation(z.detach())
         transformed = method.transform_losses(losses)
         wrt: Sequence[Tensor] = [z] if method.representation else shared
         rows = [
@@ -150,6 +152,12 @@ def frozen_batchnorm(model: nn.Module) -> Iterator[None]:
     finally:
         for module, momentum in saved:
             module.momentum = momentum
+
+
+def _model_parameters(model: MultiTaskModel) -> list[nn.Parameter]:
+    """Encoder and heads: what the trainer's optimizer steps (a method's task transforms, such
+    as RotoGrad's rotations, are trained by the method itself)."""
+    return [*model.encoder.parameters(), *model.heads.parameters()]
 
 
 class PathLength:
@@ -230,7 +238,7 @@ class JointUpdater(Updater):
         val_batch: ValBatch | None = None,
     ) -> None:
         super().__init__(model, tasks, method, method_params, autocast)
-        self.optimizer = make_optimizer([*model.parameters(), *method_params])
+        self.optimizer = make_optimizer([*_model_parameters(model), *method_params])
         if isinstance(method, AutoLambda) and val_batch is None:
             raise ValueError("auto_lambda needs validation batches; the trainer supplies them")
         self.val_batch = val_batch
@@ -330,7 +338,7 @@ class AlternatingUpdater(Updater):
         super().__init__(model, tasks, method, [], autocast)
         self.groups = task_groups(len(tasks), method.group_size, generator)
         count = len(self.groups) if isinstance(method, MTLIO) else 1
-        self._optimizers = [make_optimizer(list(model.parameters())) for _ in range(count)]
+        self._optimizers = [make_optimizer(_model_parameters(model)) for _ in range(count)]
         self.names = list(tasks)
 
     @property

@@ -83,7 +83,8 @@ def test_same_settings_and_seed_give_identical_metrics(
 @pytest.mark.parametrize(
     ("method", "optimizer"),
     [("uw", "sgd"), ("famo", "adam"), ("auto_lambda", "adam"), ("gradnorm", "adam"),
-     ("imtl", "adam"), ("adatask", "adam"), ("mtl_io", "sgd"), ("mtl_ius", "adam")],
+     ("imtl", "adam"), ("adatask", "adam"), ("mtl_io", "sgd"), ("mtl_ius", "adam"),
+     ("rotograd", "adam")],
 )  # fmt: skip
 def test_resume_after_a_kill_gives_the_same_metrics(
     data_dir: Path, baseline: dict, tmp_path: Path, method: str, optimizer: str

@@ -1,6 +1,7 @@
 # Shared helpers: config validation and target lists. No rules here.
 import json
 import os
+from argparse import Namespace
 
 from snakemake.utils import validate
 
@@ -136,6 +137,14 @@ def train_json(wildcards, stl):
         settings["num_classes"] = ds["synthetic"]["num_classes"]
     if stl:
         settings |= {"tasks": [wildcards.task], "method": "ew", "selection": "val_loss"}
+    elif wildcards.method.startswith(FIXED_FROM):
+        # The weights come from `mtlp fixed-weights` (rule fixed_weights) via --fixed-weights.
+        settings |= {
+            "tasks": ds["tasks"],
+            "method": "fixed",
+            "label": wildcards.method,
+            "selection": "delta_m",
+        }
     else:
         settings |= {
             "tasks": ds["tasks"],
@@ -146,6 +155,33 @@ def train_json(wildcards, stl):
             "selection": "delta_m",
         }
     return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+
+
+FIXED_FROM = "fixed_from_"
+
+
+def main_sweeps():
+    """The main grid and its extra sweeps; fixed_from_<method> sources are checked here."""
+    grid = config["main"]["grid"]
+    sweeps = [grid, *grid.get("extra", [])]
+    known = set(config_schema_methods())
+    for sweep in sweeps:
+        for method in sweep["methods"]:
+            source = method.removeprefix(FIXED_FROM)
+            if method.startswith(FIXED_FROM) and source not in known:
+                raise ValueError(
+                    f"config main.grid: {method!r} names no method ({source!r} is not one of "
+                    f"{sorted(known)})"
+                )
+    return sweeps
+
+
+def config_schema_methods():
+    """The method names the schema admits (equal to the package's registry, tested)."""
+    import yaml
+
+    with open(workflow.source_path("../schemas/config.schema.yaml")) as f:
+        return yaml.safe_load(f)["$defs"]["method"]["enum"]
 
 
 def stl_metrics(dataset, arch):
@@ -159,14 +195,17 @@ def stl_metrics(dataset, arch):
 
 
 def mtl_metrics(dataset, arch):
-    grid = config["main"]["grid"]
-    return [
+    files = [
         f"{RUNS}/{dataset}/{arch}/{method}/{optimizer}/lr{fmt_lr(lr)}/seed{seed}/metrics.json"
+        for grid in main_sweeps()
+        if {"dataset": dataset, "arch": arch}
+        in grid.get("panels", config["main"]["panels"])
         for method in grid["methods"]
         for optimizer in grid["optimizers"]
         for lr in grid["learning_rates"]
         for seed in grid["seeds"]
     ]
+    return list(dict.fromkeys(files))  # a run in two sweeps is trained once
 
 
 def main_run_metrics():

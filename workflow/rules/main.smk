@@ -101,6 +101,8 @@ rule train:
         history=f"{RUNS}/{{dataset}}/{{arch}}/{{method}}/{{optimizer}}/lr{{lr}}/seed{{seed}}/history.csv",
     log:
         f"{LOGS}/train/{{dataset}}/{{arch}}/{{method}}/{{optimizer}}/lr{{lr}}/seed{{seed}}.log",
+    wildcard_constraints:
+        method="(?!fixed_from_)[a-z0-9_]+",
     conda:
         "../../envs/mtlp.yaml"
     threads: config["main"]["threads"]
@@ -114,6 +116,47 @@ rule train:
         "TORCH_HOME={params.torch_home:q} mtlp train --settings {params.settings:q}"
         " --out {params.out:q}"
         " --baseline {input.baseline:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule fixed_weights:
+    input:
+        f"{RUNS}/{{dataset}}/{{arch}}/{{source}}/{{optimizer}}/lr{{lr}}/seed{{seed}}/history.csv",
+    output:
+        f"{RESULTS}/fixed_weights/{{dataset}}/{{arch}}/{{source}}/{{optimizer}}/lr{{lr}}/seed{{seed}}.json",
+    log:
+        f"{LOGS}/fixed_weights/{{dataset}}/{{arch}}/{{source}}/{{optimizer}}/lr{{lr}}/seed{{seed}}.log",
+    conda:
+        "../../envs/mtlp.yaml"
+    params:
+        beta=config["main"]["grid"].get("fixed_weights_beta", 0.9),
+    shell:
+        "mtlp fixed-weights {input:q} --beta {params.beta} --out {output:q} > {log:q} 2>&1"
+
+
+rule train_fixed_from:
+    input:
+        data=lambda wildcards: dataset_input(wildcards.dataset),
+        baseline=f"{RESULTS}/baselines/{{dataset}}/{{arch}}.json",
+        weights=rules.fixed_weights.output[0],
+    output:
+        metrics=f"{RUNS}/{{dataset}}/{{arch}}/fixed_from_{{source}}/{{optimizer}}/lr{{lr}}/seed{{seed}}/metrics.json",
+        history=f"{RUNS}/{{dataset}}/{{arch}}/fixed_from_{{source}}/{{optimizer}}/lr{{lr}}/seed{{seed}}/history.csv",
+    log:
+        f"{LOGS}/train/{{dataset}}/{{arch}}/fixed_from_{{source}}/{{optimizer}}/lr{{lr}}/seed{{seed}}.log",
+    conda:
+        "../../envs/mtlp.yaml"
+    threads: config["main"]["threads"]
+    resources:
+        **cluster_resources("gpu_jobs"),
+    params:
+        settings=lambda wildcards: train_json(
+            Namespace(**wildcards, method=f"fixed_from_{wildcards.source}"), stl=False
+        ),
+        out=lambda wildcards, output: os.path.dirname(output.metrics),
+    shell:
+        "mtlp train --settings {params.settings:q} --out {params.out:q}"
+        " --baseline {input.baseline:q} --fixed-weights {input.weights:q}"
+        " --threads {threads} > {log:q} 2>&1"
 
 
 rule aggregate_main:

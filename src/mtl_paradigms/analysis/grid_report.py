@@ -49,6 +49,21 @@ METHOD_NAMES = {
     "adatask": "AdaTask",
     "mtl_io": "MTL-IO",
     "mtlio": "MTL-IO",
+    "mtl_ius": "MTL-IUS",
+    "fixed": "Fixed",
+    "si": "SI",
+    "imtl_l": "IMTL-L",
+    "imtl_g": "IMTL-G",
+    "dwa": "DWA",
+    "gradnorm": "GradNorm",
+    "famo": "FAMO",
+    "auto_lambda": "Auto-Lambda",
+    "mgda": "MGDA",
+    "mgda_ub": "MGDA-UB",
+    "graddrop": "GradDrop",
+    "nash_mtl": "Nash-MTL",
+    "edm": "EDM",
+    "cdtt": "CDTT",
 }
 METRIC_NAMES = {
     "segmentation/miou": "mIoU",
@@ -66,6 +81,8 @@ _FALLBACK_COLORS = ("#7048e8", "#c2255c", "#868e96", "#e67700")
 
 
 def _name(mapping: Mapping[str, str], value: str) -> str:
+    if mapping is METHOD_NAMES and value.startswith("fixed_from_"):
+        return f"Fixed ({_name(mapping, value.removeprefix('fixed_from_'))})"
     return mapping.get(value, value)
 
 

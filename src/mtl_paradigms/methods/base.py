@@ -54,6 +54,9 @@ class Method(ABC):  # noqa: B024 - a common base; the abstract methods live in t
     def epoch_end(self, mean_losses: Tensor) -> None:  # noqa: B027 - optional hook
         """Called by the trainer after every epoch with the ``(T,)`` mean training losses."""
 
+    def attach(self, model: torch.nn.Module) -> None:  # noqa: B027 - optional hook
+        """Called once with the model before training (RotoGrad registers its rotations)."""
+
     def observe(self, losses: Tensor) -> None:  # noqa: B027 - optional hook
         """Called every step with the detached ``(T,)`` losses before the method is applied."""
 
@@ -103,6 +106,9 @@ class Aggregator(Method):
     @abstractmethod
     def __call__(self, grads: Tensor) -> Tensor:
         """The update direction for the shared parameters."""
+
+    def observe_representation(self, z: Tensor) -> None:  # noqa: B027 - optional hook
+        """With ``representation = True``: the shared representation of the step (its shape)."""
 
     def transform_losses(self, losses: Tensor) -> Tensor:
         """The losses whose gradients are aggregated (IMTL scales them); default: unchanged.

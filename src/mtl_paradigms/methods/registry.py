@@ -13,6 +13,7 @@ from mtl_paradigms.methods.gradient import CAGrad, PCGrad
 from mtl_paradigms.methods.learned import FAMO, IMTL, MGDAUB, AutoLambda, GradNorm
 from mtl_paradigms.methods.loss_weightings import DWA, IMTLL, RLW, SI
 from mtl_paradigms.methods.nash_mtl import NashMTL
+from mtl_paradigms.methods.rotograd import RotoGrad
 from mtl_paradigms.methods.strategies import MTLIO, MTLIUS, AdaTask, Strategy
 from mtl_paradigms.methods.weighting import EW, UW, UWO, FixedWeights
 
@@ -20,7 +21,7 @@ _ALL: tuple[type[Method], ...] = (
     EW, FixedWeights, UW, UWO, RLW, SI, IMTLL, DWA,
     PCGrad, CAGrad, MGDA, IMTLG, AlignedMTL, GradDrop,
     NashMTL, EDM, CDTT,
-    GradNorm, FAMO, AutoLambda, IMTL, MGDAUB,
+    GradNorm, FAMO, AutoLambda, IMTL, MGDAUB, RotoGrad,
     AdaTask, MTLIUS, MTLIO,
 )  # fmt: skip
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _ALL}

@@ -58,6 +58,9 @@ class MultiTaskModel(nn.Module):
             )
         self.encoder = encoder
         self.heads = nn.ModuleDict(dict(heads))
+        # Optional per-task maps applied to z before the head (RotoGrad's rotations); they are
+        # neither shared nor task parameters: the method that registers them trains them.
+        self.task_transforms = nn.ModuleDict()
         self.arch = arch
         self.single_task = single_task
 
@@ -76,7 +79,7 @@ class MultiTaskModel(nn.Module):
         size = None if out_size is None else (int(out_size[0]), int(out_size[1]))
         outputs: dict[str, Tensor] = {}
         for task, head in self.heads.items():
-            y = head(z)
+            y = head(self.task_transforms[task](z) if task in self.task_transforms else z)
             if size is not None and y.ndim == 4 and tuple(y.shape[-2:]) != size:
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=True)
             outputs[task] = y
