@@ -21,10 +21,31 @@ import pytest
 from slurm_cluster import FAKE_GPU_MODEL, SlurmCluster, SlurmUnavailableError
 from test_workflow import BIN, copy_workflow, env
 
+ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ["--workflow-profile", "workflow/profiles/slurm"]
 TINY = "workflow/config/tiny.yaml"
-TRAINING = {"train", "train_stl"}
-LOCAL = {"make_synthetic", "baseline", "aggregate_main", "main_notebook", "toy_notebook"}
+# Where each rule runs on a cluster: submitted with cluster.gpu_jobs, with cluster.cpu_jobs,
+# or locally (localrules). Every rule of the workflow is in exactly one of them.
+GPU_RULES = {"train", "train_stl", "train_fixed_from", "train_celeba", "gradstats_train"}
+CPU_RULES = {"toy_simulate", "invariance_simulate", "gradstats_fig3"}
+
+
+def workflow_sources() -> str:
+    return "\n".join(
+        p.read_text() for p in [ROOT / "Snakefile", *ROOT.glob("workflow/rules/*.smk")]
+    )
+
+
+def local_rules() -> set[str]:
+    blocks = re.findall(r"^localrules:\n((?:[ \t]+\w+,?\n)+)", workflow_sources(), flags=re.M)
+    return {name for block in blocks for name in re.findall(r"\w+", block)}
+
+
+def test_every_rule_runs_locally_or_asks_the_cluster_for_its_resources() -> None:
+    rules = set(re.findall(r"^rule (\w+):", workflow_sources(), flags=re.M))
+    local = local_rules()
+    assert not local & (GPU_RULES | CPU_RULES)
+    assert rules == local | GPU_RULES | CPU_RULES, "a rule with no place on a cluster"
 
 
 def dry_run_resources(workdir: Path, *args: str) -> dict[str, list[str]]:
@@ -57,17 +78,18 @@ def test_profile_asks_for_a_gpu_only_for_training(tmp_path: Path) -> None:
     workdir = copy_workflow(tmp_path)
     (workdir / "site.yaml").write_text(SITE)
     found = dry_run_resources(workdir, "--configfile", TINY, "site.yaml")
-    for rule in TRAINING:
+    assert set(found) & GPU_RULES == GPU_RULES  # the tiny DAG has every kind of run
+    for rule in GPU_RULES:
         for res in found[rule]:
             for part in ("gpu=1", "gpu_model=a100", "slurm_partition=gpu", "slurm_account=proj42",
                          "runtime=720", "mem_mb=24000", "slurm_extra=--qos=long"):  # fmt: skip
                 assert part in res, (rule, res)
-    for rule in ("toy_simulate", "invariance_simulate"):
+    for rule in CPU_RULES:
         (res,) = found[rule]
         assert "slurm_partition=cpu" in res
         assert "runtime=30" in res
         assert "gpu" not in res.replace("group_slot", "")
-    for rule in LOCAL:  # localrules: nothing to ask a cluster for
+    for rule in set(found) - GPU_RULES - CPU_RULES:  # localrules: nothing to ask a cluster for
         assert all("runtime" not in res and "slurm" not in res for res in found[rule]), rule
 
 
@@ -75,7 +97,7 @@ def test_gpu_zero_switches_the_gpu_request_off(tmp_path: Path) -> None:
     workdir = copy_workflow(tmp_path)
     (workdir / "site.yaml").write_text(SITE.replace("gpu: 1,", "gpu: 0,"))
     found = dry_run_resources(workdir, "--configfile", TINY, "site.yaml")
-    for res in found["train"]:
+    for res in found["train"] + found["gradstats_train"]:
         assert "slurm_partition=gpu" in res
         assert "gpu=" not in res.replace("group_slot", "")
         assert "gpu_model" not in res

@@ -5,6 +5,11 @@
 # training settings from `main` (datasets, archs, train), overridden by `gradstats.train`.
 
 
+localrules:
+    gradstats_claims,
+    gradstats_notebook,
+
+
 rule gradstats_train:
     input:
         data=lambda wildcards: dataset_input(wildcards.dataset),
@@ -17,6 +22,8 @@ rule gradstats_train:
     conda:
         "../../envs/mtlp.yaml"
     threads: config["main"]["threads"]
+    resources:
+        **cluster_resources("gpu_jobs"),
     params:
         train=lambda wildcards: gradstats_train_json(wildcards.dataset, wildcards.arch),
         settings=gradstats_json("extract"),
@@ -38,6 +45,8 @@ rule gradstats_fig3:
     conda:
         "../../envs/mtlp.yaml"
     threads: config["main"]["threads"]
+    resources:
+        **cluster_resources("cpu_jobs"),
     params:
         settings=gradstats_json("fig3"),
     shell:

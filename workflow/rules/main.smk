@@ -9,6 +9,7 @@ localrules:
     make_synthetic,
     verify_dataset,
     baseline,
+    fixed_weights,
     aggregate_main,
     main_notebook,
 
