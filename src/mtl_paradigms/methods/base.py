@@ -107,7 +107,7 @@ class Aggregator(Method):
     def __call__(self, grads: Tensor) -> Tensor:
         """The update direction for the shared parameters."""
 
-    def observe_representation(self, z: Tensor) -> None:  # noqa: B027 - optional hook
+    def observe_representation(self, z: Tensor) -> None:
         """With ``representation = True``: the shared representation of the step (its shape)."""
 
     def transform_losses(self, losses: Tensor) -> Tensor:

@@ -96,7 +96,8 @@ class RotoGrad(Aggregator):
 
     def _rotate(self, grads: Tensor, direction: Tensor) -> None:
         """One Adam step of the rotations towards the consensus direction."""
-        assert self._optimizer is not None and self._z_shape is not None
+        assert self._optimizer is not None
+        assert self._z_shape is not None
         shape = self._z_shape
         target = direction.view(shape).flatten(1)
         self._optimizer.zero_grad(set_to_none=True)
