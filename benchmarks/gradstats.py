@@ -46,6 +46,14 @@ log = logging.getLogger("benchmark")
 PRESETS: dict[str, dict[str, object]] = {
     # the embedded default of the workflow (SegNet at 1/8 width on 32x48 synthetic NYUv2)
     "default": {"dataset": "nyuv2", "width": 0.125, "height": 32, "image_width": 48, "batch": 8},
+    # the default network with the paper's Cityscapes batch (64), of which 8 samples are used
+    "default-b64": {
+        "dataset": "cityscapes",
+        "width": 0.125,
+        "height": 32,
+        "image_width": 64,
+        "batch": 64,
+    },
     # a mid-size CPU setting
     "cpu-mid": {"dataset": "nyuv2", "width": 0.25, "height": 64, "image_width": 96, "batch": 8},
     # the paper's setups (SegNet at full width)
