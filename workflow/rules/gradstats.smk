@@ -2,7 +2,8 @@
 # gradstats panel with per-sample x per-task gradients every few iterations (Figs 4/A5/A6/A7),
 # the Fig 3 sub-population experiment, the stage's claims and its notebook.
 # The panels (dataset x architecture) come from config `gradstats.panels`; their data and
-# training settings from `main` (datasets, archs, train), overridden by `gradstats.train`.
+# training settings from `main` (datasets, archs, train; `gradstats.train` overrides
+# main.train). The helper functions live in common.smk.
 
 
 localrules:

@@ -28,7 +28,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import torch
@@ -42,6 +42,9 @@ from mtl_paradigms.io import atomic_path, atomic_write
 from mtl_paradigms.models import MultiTaskModel
 from mtl_paradigms.settings import SettingsError
 from mtl_paradigms.tasks import Task
+
+if TYPE_CHECKING:  # the trainer imports a lot; it is loaded where it is used
+    from mtl_paradigms.train import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +192,7 @@ class GradStatsCallback:
 
 
 def train_with_gradstats(
-    train_settings: Any,
+    train_settings: TrainSettings,
     settings: GradStatsSettings,
     out_dir: str | os.PathLike[str],
     baseline: Mapping[str, Mapping[str, float]] | None = None,
@@ -255,7 +258,7 @@ def load_model_state(path: str | os.PathLike[str]) -> tuple[int, dict[str, Tenso
 
 
 def stats_from_checkpoints(
-    train_settings: Any,
+    train_settings: TrainSettings,
     settings: GradStatsSettings,
     checkpoints: Sequence[str | os.PathLike[str]],
     progress: bool | None = None,
