@@ -137,7 +137,9 @@ def train_json(wildcards, stl):
         settings["num_classes"] = ds["synthetic"]["num_classes"]
     if stl:
         settings |= {"tasks": [wildcards.task], "method": "ew", "selection": "val_loss"}
-    elif wildcards.method.startswith(FIXED_FROM):
+        return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    settings |= sweep_train(wildcards)
+    if wildcards.method.startswith(FIXED_FROM):
         # The weights come from `mtlp fixed-weights` (rule fixed_weights) via --fixed-weights.
         settings |= {
             "tasks": ds["tasks"],
@@ -158,6 +160,27 @@ def train_json(wildcards, stl):
 
 
 FIXED_FROM = "fixed_from_"
+
+
+def sweep_train(wildcards):
+    """The training-setting overrides (`train:`) of the sweep that holds this run."""
+    found = []
+    for sweep in main_sweeps():
+        panels = sweep.get("panels", config["main"]["panels"])
+        if (
+            {"dataset": wildcards.dataset, "arch": wildcards.arch} in panels
+            and wildcards.method in sweep["methods"]
+            and wildcards.optimizer in sweep["optimizers"]
+            and float(wildcards.lr) in [float(lr) for lr in sweep["learning_rates"]]
+            and int(wildcards.seed) in sweep["seeds"]
+        ):
+            found.append(sweep.get("train", {}))
+    if any(f != found[0] for f in found):
+        raise ValueError(
+            f"config main.grid: run {dict(wildcards)} lies in several sweeps whose `train` "
+            f"settings differ ({found}); one run directory cannot hold both"
+        )
+    return found[0] if found else {}
 
 
 def main_sweeps():
