@@ -147,7 +147,7 @@ def _joint_step(
 
     def step() -> object:
         optimizer.zero_grad(set_to_none=True)
-        out = training_step(model, tasks, method, images, targets, autocast)
+        out = training_step(model, tasks, method, images, targets, autocast, method_params=extra)
         optimizer.step()
         return out
 
