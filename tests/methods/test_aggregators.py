@@ -296,3 +296,18 @@ def test_graddrop_validation() -> None:
         GradDrop(leak=1.5)
     with pytest.raises(ValueError, match="shape"):
         GradDrop()(torch.ones(3))
+
+
+def test_graddrop_k_steepens_the_keep_function_and_p_drops_at_random() -> None:
+    grads = torch.tensor([[1.0, -1.0, 3.0], [1.0, 3.0, -1.0]])
+    plain = GradDrop().purity(grads)
+    steep = GradDrop(k=2.0).purity(grads)
+    torch.testing.assert_close(plain, torch.tensor([1.0, 0.75, 0.75]))
+    torch.testing.assert_close(steep, torch.tensor([1.0, 1.0, 1.0]))  # clipped at 1
+    big = torch.randn(4, 20000, generator=torch.Generator().manual_seed(0))
+    kept = GradDrop(p=0.25, seed=0).masks(big).float().mean().item()
+    assert abs(kept - 0.75) < 0.01
+    with pytest.raises(ValueError, match="graddrop: p"):
+        GradDrop(p=1.0)
+    with pytest.raises(ValueError, match="graddrop: k"):
+        GradDrop(k=0.0)
