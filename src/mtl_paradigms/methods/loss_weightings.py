@@ -14,18 +14,9 @@ Implemented here (names as in the registry):
 * :class:`DWA` ``"dwa"`` -- dynamic weight average (Liu et al., 2019); uses the ``epoch_end``
   hook.
 
-Screened by the sibling studies (Gama & Grassi, arXiv 2505.10347) but **not** implemented yet,
-because each needs support from the trainer that the :class:`Weighting` interface lacks:
-
-* FAMO (Liu et al., 2023) -- updates its task logits from the change of every task loss
-  *after* the optimizer step, so it needs the losses re-evaluated (or the next step's losses
-  matched to this step's) and an after-step hook.
-* GradNorm (Chen et al., 2018) -- needs the gradient norm of each weighted task loss with
-  respect to the last shared layer, and a second backward pass (with ``create_graph``) to
-  train the weights.
-* Auto-Lambda (Liu et al., 2022) -- a meta-learning step: a virtual update of the model on the
-  training loss, then the validation loss's gradient with respect to the weights (finite
-  differences), so it needs a validation batch and a model copy.
+The weightings that need more from the trainer than the losses -- FAMO (losses after the
+step), GradNorm (task-gradient norms) and Auto-Lambda (a validation meta step) -- live in
+:mod:`mtl_paradigms.methods.learned`, with the hooks they use.
 """
 
 from __future__ import annotations
