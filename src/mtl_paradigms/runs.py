@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 RUN_COLUMNS = (
-    "dataset", "data_source", "arch", "method", "tasks", "optimizer", "lr", "seed",
+    "dataset", "data_source", "arch", "method", "tasks", "optimizer", "lr", "seed", "epochs",
     "diverged", "selected_epoch", "val_loss", "val_delta_m", "test_delta_m",
 )  # fmt: skip
 
@@ -77,6 +77,7 @@ def run_row(data: Mapping[str, Any], data_source: str) -> dict[str, Any]:
         "method": "stl" if stl else (s.get("label") or s["method"]),
         "tasks": "+".join(s["tasks"]) if s["tasks"] else "all",
         "optimizer": s["optimizer"], "lr": s["lr"], "seed": s["seed"],
+        "epochs": s.get("epochs", math.nan),
         "diverged": bool(data["diverged"]), "selected_epoch": data["selected_epoch"],
         "val_loss": _num(data.get("val_loss_selected")),
         "val_delta_m": _num(data.get("val_delta_m")),

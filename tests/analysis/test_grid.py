@@ -512,3 +512,18 @@ def test_claims_without_sgd() -> None:
     claims = grid_report.grid_claims(runs[runs["optimizer"] != "sgd"], DIRECTIONS)
     assert not any(c.reproduced for c in claims)
     assert "no panel" in claims[0].measured
+
+
+def test_tables_say_how_many_learning_rates_and_epochs_each_row_had() -> None:
+    from mtl_paradigms.analysis.grid_report import _budget
+
+    runs = pd.DataFrame(
+        {
+            "dataset": ["cityscapes"] * 4, "arch": ["segnet"] * 4,
+            "method": ["ew", "ew", "ew", "famo"], "optimizer": ["adam"] * 4,
+            "lr": [0.1, 0.01, 0.01, 0.001], "epochs": [6, 6, 6, 3],
+        }
+    )  # fmt: skip
+    budget = _budget(runs)
+    assert budget[("cityscapes", "segnet", "ew", "adam")] == ("2", "6")
+    assert budget[("cityscapes", "segnet", "famo", "adam")] == ("1", "3")

@@ -410,6 +410,20 @@ def _result_row(
     return out
 
 
+def _budget(runs: pd.DataFrame) -> dict[tuple[str, str, str, str], tuple[str, str]]:
+    """Per dataset x arch x method x optimizer: the number of learning rates tried and the
+    epochs per run, so rows from a small extra sweep are not mistaken for full-grid rows."""
+    out = {}
+    keys = ["dataset", "arch", "method", "optimizer"]
+    for key, group in runs.groupby(keys):
+        epochs = sorted({int(e) for e in group.get("epochs", pd.Series(dtype=float)).dropna()})
+        out[tuple(key)] = (
+            str(group["lr"].nunique()),
+            "/".join(str(e) for e in epochs) if epochs else "–",
+        )
+    return out
+
+
 def _panel_table(
     runs: pd.DataFrame, selected: pd.DataFrame, stl: pd.DataFrame, dataset: str, arch: str
 ) -> pd.DataFrame:
@@ -427,15 +441,22 @@ def _panel_table(
             value = reference.get(m)
             row[_name(METRIC_NAMES, m)] = "–" if value is None else f"{value:g}"
         rows.append({**row, "Δm (%)": "–", paper_col: "–"})
+    budget = _budget(runs)
     for _, r in grid.panel_runs(selected, dataset, arch).iterrows():
         row = _result_row(
             r, metrics, _name(METHOD_NAMES, r["method"]), _name(OPTIMIZER_NAMES, r["optimizer"])
         )
+        key = (dataset, arch, r["method"], r["optimizer"])
+        row["lrs"], row["epochs"] = budget.get(key, ("–", "–"))
         if pd.isna(r["lr"]):
             row["Δm (%)"] = "all runs failed"
         value = paper_values.paper_delta_m(dataset, arch, r["method"], r["optimizer"])
         rows.append({**row, paper_col: "–" if value is None else f"{value:.2f}"})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    for offset, column in enumerate(("lrs", "epochs"), start=1):
+        values = table.pop(column).fillna("–") if column in table else "–"
+        table.insert(table.columns.get_loc("seeds") + offset, column, values)
+    return table
 
 
 def tables_a4_a7(
@@ -467,7 +488,9 @@ def tables_a4_a7(
             down = ", ".join(_name(METRIC_NAMES, m) for m in metrics if not directions[m])
             caption = (
                 f"{panel_title(dataset, arch)}: test metrics and Δm (%, lower is better) as mean "
-                "± std over seeds at the learning rate selected on validation Δm. Higher is "
+                "± std over seeds at the learning rate selected on validation Δm (lrs: "
+                "learning rates tried; epochs: per run; rows with fewer of either come from a "
+                "smaller sweep and are not comparable with the full grid). Higher is "
                 f"better: {up or 'none'}; lower is better: {down or 'none'}."
             )
             name = (names or {}).get(key, f"table_a4_a7_{key}")
