@@ -81,3 +81,24 @@ def test_atomic_write_gives_default_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_atomic_directory_appears_only_complete(tmp_path: Path) -> None:
+    from mtl_paradigms.io import atomic_directory
+
+    target = tmp_path / "out"
+
+    def interrupted() -> None:
+        with atomic_directory(target) as tmp:
+            (tmp / "half.txt").write_text("x")
+            raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        interrupted()
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary folder left behind
+    with atomic_directory(target) as tmp:
+        (tmp / "done.txt").write_text("x")
+    assert (target / "done.txt").read_text() == "x"
+    with pytest.raises(FileExistsError), atomic_directory(target):
+        pass

@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mtl_paradigms.data.download import atomic_directory, check_member_name
+from mtl_paradigms.data.download import check_member_name
 from mtl_paradigms.data.errors import DatasetError
+from mtl_paradigms.io import atomic_directory
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: preparing needs none
     import torch

@@ -40,7 +40,6 @@ import re
 import shutil
 import stat
 import tarfile
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -52,7 +51,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import requests
 from tqdm.auto import tqdm
 
-from mtl_paradigms.io import write_json
+from mtl_paradigms.io import atomic_directory, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -535,28 +534,6 @@ def _extract_tar(archive: Path, out: Path) -> int:
                 ) from err
         tf.extractall(out, filter="data")
     return len(members)
-
-
-@contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``target``; rename it to ``target`` on success.
-
-    ``target`` must not exist. On any exception the temporary folder is removed.
-    """
-    path = Path(target)
-    if path.exists():
-        raise FileExistsError(f"{path}: already exists; remove it to rebuild")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def extract_into(archive: str | os.PathLike[str], out: str | os.PathLike[str]) -> int:

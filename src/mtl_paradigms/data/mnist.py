@@ -37,9 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtl_paradigms.data.download import atomic_directory
 from mtl_paradigms.data.mtan import DatasetError, holdout_indices
-from mtl_paradigms.io import write_json
+from mtl_paradigms.io import atomic_directory, write_json
 
 logger = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mtl_paradigms.data.celeba import ATTR_FILE, IMAGES_DIR, IMAGES_ZIP, PARTITION_FILE
-from mtl_paradigms.data.download import atomic_directory
+from mtl_paradigms.io import atomic_directory
 from mtl_paradigms.settings import SettingsError, from_mapping
 
 logger = logging.getLogger(__name__)

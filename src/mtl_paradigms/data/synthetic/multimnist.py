@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtl_paradigms.data.download import atomic_directory
 from mtl_paradigms.data.mnist import MNIST_STEMS, write_idx
+from mtl_paradigms.io import atomic_directory
 
 logger = logging.getLogger(__name__)
 
