@@ -137,7 +137,12 @@ def _needs_updater(name: str) -> bool:
 
 
 def _joint_step(
-    model: BenchModel, tasks: dict[str, Task], name: str, images: Tensor, targets: dict
+    model: BenchModel,
+    tasks: dict[str, Task],
+    name: str,
+    images: Tensor,
+    targets: dict,
+    batched: bool = False,
 ) -> Callable[[], object]:
     device = images.device
     method = make_method(name, PARAMS.get(name, lambda t: {})(len(tasks)))
@@ -147,7 +152,9 @@ def _joint_step(
 
     def step() -> object:
         optimizer.zero_grad(set_to_none=True)
-        out = training_step(model, tasks, method, images, targets, autocast, method_params=extra)
+        out = training_step(
+            model, tasks, method, images, targets, autocast, extra, batched_jacobian=batched
+        )
         optimizer.step()
         return out
 
@@ -155,7 +162,12 @@ def _joint_step(
 
 
 def _updater_step(
-    model: BenchModel, tasks: dict[str, Task], name: str, images: Tensor, targets: dict
+    model: BenchModel,
+    tasks: dict[str, Task],
+    name: str,
+    images: Tensor,
+    targets: dict,
+    batched: bool = False,
 ) -> Callable[[], object]:
     from mtl_paradigms.updates import make_updater  # the trainer's; imported only when needed
 
@@ -168,7 +180,7 @@ def _updater_step(
         model, tasks, method, extra, torch.autocast(device.type, enabled=False),
         lambda params: torch.optim.Adam(params, lr=1e-4),
         optimizer_name="adam", lr=1e-4, adam_betas=(0.9, 0.999), adam_eps=1e-8,
-        weight_decay=0.0, generator=generator, val_batch=lambda: val,
+        weight_decay=0.0, generator=generator, val_batch=lambda: val, batched_jacobian=batched,
     )  # fmt: skip
     return lambda: updater.step(images, targets)
 
@@ -202,6 +214,7 @@ def _configs(
     """``(method, path, step)`` for every method at ``num_tasks`` tasks, each with its own model."""
     tasks = attribute_tasks(f"t{i:02d}" for i in range(num_tasks))
     images, targets = _batch(num_tasks, args.batch, device, seed=0)
+    batched = args.jacobian == "batched" or (args.jacobian == "auto" and device.type == "cuda")
     configs: list[tuple[str, str, Callable[[], object]]] = []
     for name in ["ew", *[n for n in names if n != "ew"]]:
         torch.manual_seed(0)
@@ -209,10 +222,10 @@ def _configs(
         try:
             if _needs_updater(name):
                 configs.append(
-                    (name, "updater", _updater_step(model, tasks, name, images, targets))
+                    (name, "updater", _updater_step(model, tasks, name, images, targets, batched))
                 )
             else:
-                step = _joint_step(model, tasks, name, images, targets)
+                step = _joint_step(model, tasks, name, images, targets, batched)
                 configs.append((name, "training_step", step))
             if name == "ew":
                 # EW through the updater too, the reference for the updater rows; and the floors.
@@ -320,6 +333,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--jacobian", choices=["auto", "loop", "batched"], default="auto",
+        help="per-task gradients as the trainer's task_jacobian (auto: batched on CUDA)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -68,10 +68,12 @@ class TrainSettings:
 
     ``tasks`` selects a subset of the dataset's tasks (one task = a single-task baseline);
     ``num_classes`` defaults to the dataset's (13 NYUv2, 7 or 19 Cityscapes). ``lr_step_every``
-    halves (``lr_gamma``) the learning rate every so many epochs. ``label`` is the name the run
-    is tabulated under (default: the method's; ``fixed_from_<method>`` for fixed weights taken
-    from another run). Adam's betas/eps and SGD's
-    momentum are not stated in the paper; (0.9, 0.999), 1e-8 and 0.9 are the usual values.
+    halves (``lr_gamma``) the learning rate every so many epochs. ``task_jacobian`` chooses how
+    gradient methods get their per-task gradients: one backward per task (``loop``), one
+    vectorised backward (``batched``), or ``auto`` (batched on CUDA, the loop on the CPU).
+    ``label`` is the name the run is tabulated under (default: the method's;
+    ``fixed_from_<method>`` for fixed weights taken from another run). Adam's betas/eps and
+    SGD's momentum are not stated in the paper; (0.9, 0.999), 1e-8 and 0.9 are the usual values.
     """
 
     dataset: Literal["nyuv2", "cityscapes", "celeba"] = "nyuv2"
@@ -103,6 +105,7 @@ class TrainSettings:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = False
     channels_last: bool = False
+    task_jacobian: Literal["auto", "loop", "batched"] = "auto"
 
     def __post_init__(self) -> None:
         for name in ("lr", "weight_decay", "lr_gamma", "width"):
@@ -299,6 +302,8 @@ def train(
         optimizer_name=settings.optimizer, lr=settings.lr, adam_betas=settings.adam_betas,
         adam_eps=settings.adam_eps, weight_decay=settings.weight_decay, generator=generator,
         val_batch=_batch_sampler(val_split, tasks, settings.batch_size, generator),
+        batched_jacobian=settings.task_jacobian == "batched"
+        or (settings.task_jacobian == "auto" and device.type == "cuda"),
     )  # fmt: skip
     schedulers = [
         torch.optim.lr_scheduler.StepLR(

@@ -193,3 +193,16 @@ def test_famo_leaves_batchnorm_statistics_as_one_forward_would() -> None:
         model(images)  # one training-mode forward
     torch.testing.assert_close(once, bn.running_mean)
     assert bn.momentum == 0.1  # restored
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "mgda", "imtl", "mgda_ub"])
+def test_batched_task_jacobian_gives_the_loop_s_gradients(name: str) -> None:
+    grads = []
+    for batched in (False, True):
+        tasks, model, images, targets = _problem()
+        method = make_method(name)
+        params = method.bind(len(tasks))
+        training_step(model, tasks, method, images, targets, NO_AUTOCAST, params, batched)
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    scale = grads[0].abs().max().item()
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5 * scale)
