@@ -21,6 +21,7 @@ from torch import Tensor
 
 from mtl_paradigms.methods.aggregators import IMTLG, MGDA
 from mtl_paradigms.methods.base import WeightedAggregator, Weighting, check_matrix
+from mtl_paradigms.methods.loss_weightings import IMTLL
 
 
 def _require(value: Tensor | None, method: str) -> Tensor:
@@ -302,22 +303,19 @@ class IMTL(IMTLG):
 
     def __init__(self, init: float = 0.0) -> None:
         self.init = float(init)
-        self._log_scale: torch.nn.Parameter | None = None
+        self._loss_part = IMTLL(init)  # the scales, their parameter and checkpoint state
 
     def bind(self, num_tasks: int, device: torch.device | str = "cpu") -> list[torch.nn.Parameter]:
-        self._log_scale = torch.nn.Parameter(torch.full((num_tasks,), self.init, device=device))
-        return [self._log_scale]
+        return self._loss_part.bind(num_tasks, device)
 
     def transform_losses(self, losses: Tensor) -> Tensor:
-        s = _require(self._log_scale, self.name).to(losses.dtype)
-        return losses * torch.exp(s) - s
+        return self._loss_part.scaled_losses(losses)
 
     def state_dict(self) -> dict[str, object]:
-        return {"log_scale": _require(self._log_scale, self.name).detach().clone()}
+        return self._loss_part.state_dict()
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        with torch.no_grad():
-            _require(self._log_scale, self.name).copy_(state["log_scale"])  # type: ignore[arg-type]
+        self._loss_part.load_state_dict(state)
 
 
 Normalization = Literal["none", "l2", "loss", "loss+"]

@@ -175,9 +175,13 @@ class IMTLL(UW):
         scale = torch.exp(self.log_scale.detach()) / losses.shape[-1]
         return scale.to(losses.dtype).expand_as(losses)
 
-    def combine(self, losses: Tensor) -> Tensor:
+    def scaled_losses(self, losses: Tensor) -> Tensor:
+        """The per-task scaled losses ``exp(s_t) L_t - s_t`` (differentiable in ``s``)."""
         s = self.log_scale.to(losses.dtype)
-        return (losses * torch.exp(s) - s).mean(dim=-1)
+        return losses * torch.exp(s) - s
+
+    def combine(self, losses: Tensor) -> Tensor:
+        return self.scaled_losses(losses).mean(dim=-1)
 
 
 class DWA(Weighting):

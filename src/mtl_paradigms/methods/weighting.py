@@ -94,7 +94,7 @@ class UW(Weighting):
     @property
     def log_scale(self) -> torch.nn.Parameter:
         if self._log_scale is None:
-            raise RuntimeError("uw: call bind(num_tasks) before use (the trainer does)")
+            raise RuntimeError(f"{self.name}: call bind(num_tasks) before use (the trainer does)")
         return self._log_scale
 
     def weights(self, losses: Tensor) -> Tensor:
