@@ -31,7 +31,6 @@ import argparse
 import datetime
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from _machine import cpu_name  # benchmarks/_machine.py (the script's folder)
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -275,24 +275,12 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     return table
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def markdown(table: pd.DataFrame, args: argparse.Namespace) -> str:
     device = torch.device(args.device)
     if device.type == "cuda":
         machine = torch.cuda.get_device_name(device)
     else:
-        machine = (
-            f"{_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)"
-        )
+        machine = f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)"
     wide = table.pivot_table(index="method", columns="tasks", values="ratio_to_ew", aggfunc="first")
     ms = table[table.method == "ew"].pivot_table(
         index="path", columns="tasks", values="median_s", aggfunc="first"

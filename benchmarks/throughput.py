@@ -34,7 +34,6 @@ import datetime
 import logging
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,6 +42,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from _machine import cpu_name  # benchmarks/_machine.py (the script's folder)
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
@@ -265,16 +265,6 @@ def measure(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _fmt(value: object, digits: int) -> str:
     if isinstance(value, float):
         return "–" if math.isnan(value) else f"{value:,.{digits}f}"
@@ -285,7 +275,7 @@ def machine_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     return (
-        f"{_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), "
+        f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), "
         f"torch {torch.__version__}"
     )
 
