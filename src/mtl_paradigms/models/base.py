@@ -109,3 +109,14 @@ def count_parameters(params: nn.Module | list[nn.Parameter]) -> int:
     if isinstance(params, nn.Module):
         params = list(params.parameters())
     return sum(p.numel() for p in params)
+
+
+RESNET_TRUNK = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+"""The modules of a torchvision ResNet before its pooling head, under torchvision's names (so
+torchvision's ImageNet weights load into an encoder that holds them)."""
+
+
+def take_resnet_trunk(encoder: nn.Module, resnet: nn.Module) -> None:
+    """Register ``resnet``'s stem and ``layer1``-``layer4`` on ``encoder`` under their names."""
+    for name in RESNET_TRUNK:
+        setattr(encoder, name, getattr(resnet, name))

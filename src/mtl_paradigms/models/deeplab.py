@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
+from mtl_paradigms.models.base import take_resnet_trunk
+
 if TYPE_CHECKING:  # torchvision is imported where it is used: importing it costs ~2 s
     import torchvision.models
 
@@ -45,14 +47,7 @@ class DilatedResNetEncoder(nn.Module):
 
     def __init__(self, resnet: torchvision.models.ResNet) -> None:
         super().__init__()
-        self.conv1 = resnet.conv1
-        self.bn1 = resnet.bn1
-        self.relu = resnet.relu
-        self.maxpool = resnet.maxpool
-        self.layer1 = resnet.layer1
-        self.layer2 = resnet.layer2
-        self.layer3 = resnet.layer3
-        self.layer4 = resnet.layer4
+        take_resnet_trunk(self, resnet)
         self.out_channels = RESNET50_OUT_CHANNELS
 
     def forward(self, x: Tensor) -> Tensor:

@@ -24,6 +24,8 @@ import logging
 import torch
 from torch import Tensor, nn
 
+from mtl_paradigms.models.base import take_resnet_trunk
+
 logger = logging.getLogger(__name__)
 
 RESNET18_FEATURES = 512
@@ -36,14 +38,7 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, resnet: nn.Module, out_channels: int) -> None:
         super().__init__()
-        self.conv1 = resnet.conv1
-        self.bn1 = resnet.bn1
-        self.relu = resnet.relu
-        self.maxpool = resnet.maxpool
-        self.layer1 = resnet.layer1
-        self.layer2 = resnet.layer2
-        self.layer3 = resnet.layer3
-        self.layer4 = resnet.layer4
+        take_resnet_trunk(self, resnet)
         self.avgpool = resnet.avgpool
         self.out_channels = out_channels
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
