@@ -51,12 +51,15 @@ from mtl_paradigms.methods import make_method
 from mtl_paradigms.models import build_model
 from mtl_paradigms.tasks import Task, attribute_tasks, make_tasks
 from mtl_paradigms.train import TrainSettings, make_optimizer
-from mtl_paradigms.updates import Updater, make_updater
+from mtl_paradigms.updates import Updater, make_updater, task_jacobian, task_losses
 
 log = logging.getLogger("throughput")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("ew", "pcgrad", "cagrad", "imtl_g", "aligned_mtl", "nash_mtl", "mgda")
+#: Pseudo-method: the work every per-task-gradient method must do (forward + T backward
+#: passes for the per-task gradients of the shared parameters), the issue's 1.1x yardstick.
+FLOOR = "floor"
 KEY = ["setting", "method", "precision"]
 
 
@@ -172,6 +175,23 @@ def build_updater(
     return updater, tasks
 
 
+class FloorStep:
+    """``step()`` = the forward pass and the per-task Jacobian of the shared parameters, as the
+    trainer computes them (:func:`mtl_paradigms.updates.task_jacobian`, batched on CUDA), with
+    no aggregation and no optimizer step: the cost floor of a gradient method."""
+
+    def __init__(self, updater: Updater, tasks: dict[str, Task], batched: bool) -> None:
+        self.model, self.tasks, self.batched = updater.model, tasks, batched
+        self.autocast = updater.autocast
+        self.shared = list(updater.model.shared_parameters())
+
+    def step(self, images: Tensor, targets: dict[str, Tensor]) -> None:
+        with self.autocast:
+            preds = self.model(images)
+            losses = task_losses(self.tasks, preds, targets).float()
+        task_jacobian(losses, self.shared, batched=self.batched)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -224,8 +244,11 @@ def measure(args: argparse.Namespace) -> list[Row]:
                 torch.cuda.reset_peak_memory_stats(device)
             try:
                 updater, tasks = build_updater(
-                    setting, method_name, device, args.bf16, args.channels_last
-                )
+                    setting, "ew" if method_name == FLOOR else method_name, device, args.bf16,
+                    args.channels_last,
+                )  # fmt: skip
+                if method_name == FLOOR:
+                    updater = FloorStep(updater, tasks, batched=device.type == "cuda")  # type: ignore[assignment]
                 images, targets = random_batch(setting, tasks, device, args.channels_last)
                 first = timed_step(updater, images, targets, device)
                 if first > max_step:
@@ -286,6 +309,7 @@ def markdown(table: pd.DataFrame, device_type: str, machine: str) -> str:
         ("setting", "setting", 0), ("method", "method", 0), ("precision", "precision", 0),
         ("batch", "batch", 0), ("HxW", "HxW", 0), ("tasks", "T", 0),
         ("img_per_s", "img/s", 1), ("ms_median", "ms/step", 1), ("ratio", "x EW step", 2),
+        ("floor_ratio", "x floor", 2),
         ("peak_mem_gib", "peak GiB", 2), ("mfu", "MFU", 3), ("peak_tflops", "peak TFLOP/s", 0),
         ("note", "note", 0),
     ]  # fmt: skip
@@ -293,12 +317,18 @@ def markdown(table: pd.DataFrame, device_type: str, machine: str) -> str:
     t["HxW"] = t.height.astype(str) + "x" + t.width.astype(str)
     ew = t[t.method == "ew"].set_index(["setting", "precision"]).ms_median
     t["ratio"] = [r.ms_median / ew.get((r.setting, r.precision), math.nan) for r in t.itertuples()]
+    floor = t[t.method == FLOOR].set_index(["setting", "precision"]).ms_median
+    t["floor_ratio"] = [
+        r.ms_median / floor.get((r.setting, r.precision), math.nan) for r in t.itertuples()
+    ]
     lines = [
         f"# Training throughput ({device_type})",
         "",
         f"Machine: {machine}; measured {date}. One `Updater.step` (forward, the method's "
         "gradients, Adam) on a random batch resident on the device; median over the timed steps. "
-        "MFU = FLOPs of one EW step (FlopCounterMode) / step time / peak; `+cl` = channels_last.",
+        "MFU = FLOPs of one EW step (FlopCounterMode) / step time / peak; `+cl` = channels_last. "
+        f"`{FLOOR}` = forward + the per-task Jacobian of the shared parameters only (what every "
+        "gradient method must compute); `x floor` = step time / that row's.",
         "",
         "| " + " | ".join(h for _, h, _ in cols) + " |",
         "|" + "|".join("---" for _ in cols) + "|",
@@ -318,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--methods", nargs="+", default=["ew"], choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=["ew"], choices=[*METHODS, FLOOR])
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (the trainer's bf16)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument(

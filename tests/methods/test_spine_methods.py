@@ -11,7 +11,11 @@ from hypothesis import strategies as st
 
 from mtl_paradigms.methods import EW, UWO, CAGrad, FixedWeights, PCGrad, make_method
 from mtl_paradigms.methods.base import gramian
-from mtl_paradigms.methods.gradient import _cagrad_objective
+from mtl_paradigms.methods.gradient import (
+    _cagrad_by_supports,
+    _cagrad_iterative,
+    _cagrad_objective,
+)
 from mtl_paradigms.methods.simplex import project_to_simplex
 
 SEEDS = st.integers(min_value=0, max_value=2**31 - 1)
@@ -120,9 +124,61 @@ def test_cagrad_three_task_weights_match_brute_force(seed: int, c: float) -> Non
     for i in range(3):
         brute = _cagrad_objective(grid, gram[i], b[i], k[i]).min()
         found = _cagrad_objective(w[i], gram[i], b[i], k[i])
-        # The iterative solver (T > 2) is accurate to ~1e-6 of the Gram scale on
-        # ill-conditioned matrices (condition numbers ~1e4 occur in these samples).
-        assert found <= brute + 2e-6 * gram[i].abs().max() + 1e-12
+        # The support enumeration is exact (condition numbers ~1e4 occur in these samples).
+        assert found <= brute + 1e-10 * gram[i].abs().max() + 1e-12
+
+
+def _cagrad_problem(grads: torch.Tensor, c: float):
+    gram = gramian(grads)
+    b = gram.mean(-1)
+    return gram, b, c * b.mean(-1).clamp_min(0).sqrt()
+
+
+@given(seed=SEEDS, tasks=st.integers(3, 8), extra=st.integers(0, 6), c=st.floats(0.05, 2.0))
+@settings(max_examples=40, deadline=None)
+def test_cagrad_support_enumeration_is_certified_and_beats_the_iterative_solver(
+    seed: int, tasks: int, extra: int, c: float
+) -> None:
+    # Gradients in general position (dim >= tasks): every face's Gram block is invertible, so
+    # the enumeration must certify its answer, and no feasible point may do better than it.
+    grads = sample_matrix(seed, batch=3, tasks=tasks, dim=tasks + extra)
+    gram, b, k = _cagrad_problem(grads, c)
+    w, optimal = _cagrad_by_supports(gram, b, k)
+    assert bool(optimal.all())
+    assert torch.all(w >= 0)
+    torch.testing.assert_close(w.sum(-1), torch.ones(3, dtype=torch.float64))
+    reference = _cagrad_iterative(gram, b, k)
+    found = _cagrad_objective(w, gram, b, k)
+    iterative = _cagrad_objective(reference, gram, b, k)
+    assert torch.all(found <= iterative + 1e-10 * gram.abs().amax((-2, -1)))
+    # and no random point of the simplex is better
+    gen = torch.Generator().manual_seed(seed)
+    points = project_to_simplex(torch.randn(200, 1, tasks, generator=gen, dtype=torch.float64))
+    assert torch.all(found <= _cagrad_objective(points, gram, b, k) + 1e-12)
+
+
+@pytest.mark.parametrize(
+    "grads",
+    [
+        # zero in the hull of the gradients (g1 = -g2): r = 0 at the optimum, no certificate
+        torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),
+        # identical gradients: every face Gram block is singular
+        torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]]),
+        # more tasks than dimensions
+        torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0], [0.5, -0.2]]),
+    ],
+)
+def test_cagrad_degenerate_gradients_fall_back_to_a_feasible_optimum(grads: torch.Tensor) -> None:
+    grads = grads.double()
+    w = CAGrad(c=0.5).task_weights(grads)
+    assert torch.all(w >= 0)
+    assert float(w.sum()) == pytest.approx(1.0)
+    gram, b, k = _cagrad_problem(grads, 0.5)
+    points = project_to_simplex(torch.randn(500, grads.shape[0], dtype=torch.float64))
+    assert (
+        float(_cagrad_objective(w, gram, b, k))
+        <= float(_cagrad_objective(points, gram, b, k).min()) + 1e-6
+    )
 
 
 def test_cagrad_direction_closed_form() -> None:

@@ -9,23 +9,23 @@ where weights exist).
 
 from __future__ import annotations
 
-import itertools
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from mtl_paradigms.methods.base import Aggregator, WeightedAggregator, check_matrix, gramian
-from mtl_paradigms.methods.simplex import minimize_on_simplex
+from mtl_paradigms.methods.simplex import (
+    MAX_EXACT_TASKS,
+    minimize_on_simplex,
+    restrict,
+    supports,
+)
 
 
 def _quadratic(w: Tensor, gram: Tensor) -> Tensor:
     """``w^T M w`` (``|sum_t w_t g_t|^2``), broadcasting leading dimensions of ``w``."""
     return (w.unsqueeze(-2) @ gram @ w.unsqueeze(-1)).squeeze(-1).squeeze(-1)
-
-
-MAX_EXACT_TASKS = 8
-"""MGDA enumerates supports exactly up to this many tasks (255 small solves)."""
 
 
 class MGDA(WeightedAggregator):
@@ -80,33 +80,24 @@ def _min_norm_by_supports(gram: Tensor) -> Tensor:
     system ``M_SS w_S = lambda 1``, ``1^T w_S = 1``. The optimum has a support whose task
     gradients are affinely independent (Carathéodory), and for such a support the system is
     non-singular; so the best non-negative solution over all supports is the optimum.
-    Singular systems are skipped; single vertices are always solvable.
+    All supports are solved in one batched call; singular systems are skipped (single vertices
+    are always solvable), and ties go to the smallest support (then the first in
+    ``itertools.combinations`` order).
     """
     num = gram.shape[-1]
-    eye = torch.eye(num, dtype=gram.dtype, device=gram.device)
-    best_w = torch.zeros(gram.shape[:-1], dtype=gram.dtype, device=gram.device)
-    best_val = torch.full(gram.shape[:-2], torch.inf, dtype=gram.dtype, device=gram.device)
-    rhs = torch.zeros((*gram.shape[:-2], num + 1), dtype=gram.dtype, device=gram.device)
+    masks = supports(num, gram)  # (S, T)
+    border = masks.unsqueeze(-1).expand(*gram.shape[:-2], *masks.shape, 1)
+    top = torch.cat([restrict(gram, masks), -border], dim=-1)  # (*batch, S, T, T + 1)
+    bottom = torch.cat([masks, masks.new_zeros(masks.shape[0], 1)], dim=-1).unsqueeze(-2)
+    system = torch.cat([top, bottom.expand(*top.shape[:-2], 1, num + 1)], dim=-2)
+    rhs = torch.zeros(system.shape[:-1], dtype=gram.dtype, device=gram.device)
     rhs[..., -1] = 1.0
-    for r in range(1, num + 1):
-        for subset in itertools.combinations(range(num), r):
-            s = torch.zeros(num, dtype=gram.dtype, device=gram.device)
-            s[list(subset)] = 1.0
-            top = torch.cat(
-                [
-                    gram * s.unsqueeze(-1) * s + eye * (1 - s).unsqueeze(-1),
-                    -s.expand_as(gram[..., :1, :]).transpose(-1, -2),
-                ],
-                dim=-1,
-            )
-            bottom = torch.cat([s, s.new_zeros(1)]).expand(*gram.shape[:-2], 1, num + 1)
-            solution, info = torch.linalg.solve_ex(torch.cat([top, bottom], dim=-2), rhs)
-            w = solution[..., :num] * s
-            val = _quadratic(w, gram)
-            ok = (info == 0) & torch.isfinite(val) & (w >= 0).all(dim=-1) & (val < best_val)
-            best_w = torch.where(ok.unsqueeze(-1), w, best_w)
-            best_val = torch.where(ok, val, best_val)
-    return best_w
+    solution, info = torch.linalg.solve_ex(system, rhs)
+    w = solution[..., :num] * masks  # (*batch, S, T)
+    val = _quadratic(w, gram.unsqueeze(-3))
+    ok = (info == 0) & torch.isfinite(val) & (w >= 0).all(dim=-1)
+    best = torch.where(ok, val, torch.inf).argmin(dim=-1)  # (*batch,)
+    return w.gather(-2, best[..., None, None].expand(*best.shape, 1, num)).squeeze(-2)
 
 
 def _mgda_two_task_weights(gram: Tensor) -> Tensor:

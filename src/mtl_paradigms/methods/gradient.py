@@ -8,7 +8,12 @@ import torch
 from torch import Tensor
 
 from mtl_paradigms.methods.base import Aggregator, check_matrix, combine, gramian
-from mtl_paradigms.methods.simplex import minimize_on_simplex
+from mtl_paradigms.methods.simplex import (
+    MAX_EXACT_TASKS,
+    minimize_on_simplex,
+    restrict,
+    supports,
+)
 
 
 class PCGrad(Aggregator):
@@ -66,8 +71,11 @@ class CAGrad(Aggregator):
 
     ``rescale`` divides ``d`` by ``1 + c`` (the CAGrad toy's choice, the default here), by
     ``1 + c^2`` (the CAGrad MTL code's default), or not at all. The inner problem is convex;
-    for two tasks it is solved in closed form, otherwise by projected gradient descent on
-    the simplex (:func:`minimize_on_simplex`).
+    for two tasks it is solved in closed form; up to ``MAX_EXACT_TASKS`` tasks exactly on every
+    support at once (:func:`_cagrad_by_supports`, a few batched kernels and one host sync to
+    check optimality); beyond that, or where that check fails (degenerate gradients), by
+    :func:`minimize_on_simplex` on the CPU in float64 (a ``T x T`` problem: on a GPU its
+    hundreds of tiny steps would each be a kernel launch).
     """
 
     name = "cagrad"
@@ -92,7 +100,11 @@ class CAGrad(Aggregator):
             return torch.ones_like(b)
         if num_tasks == 2:
             return _cagrad_two_task_weights(gram, b, k)
-        return minimize_on_simplex(lambda w: _cagrad_objective(w, gram, b, k), gram, b, k)
+        if num_tasks <= MAX_EXACT_TASKS:
+            w, optimal = _cagrad_by_supports(gram, b, k)
+            if bool(optimal.all()):
+                return w
+        return _cagrad_iterative(gram, b, k)
 
     def __call__(self, grads: Tensor) -> Tensor:
         return self.aggregate(grads)[0]
@@ -118,6 +130,73 @@ class CAGrad(Aggregator):
 def _cagrad_objective(w: Tensor, gram: Tensor, b: Tensor, k: Tensor) -> Tensor:
     quad = (w.unsqueeze(-2) @ gram @ w.unsqueeze(-1)).squeeze(-1).squeeze(-1).clamp_min(0.0)
     return (w * b).sum(-1) + k * quad.sqrt()
+
+
+def _cagrad_iterative(gram: Tensor, b: Tensor, k: Tensor) -> Tensor:
+    """:func:`minimize_on_simplex` on the CPU in float64; the weights on ``gram``'s device."""
+    g, bb, kk = (x.detach().to("cpu", torch.float64) for x in (gram, b, k))
+    w = minimize_on_simplex(lambda w: _cagrad_objective(w, g, bb, kk), g, bb, kk)
+    return w.to(device=gram.device, dtype=gram.dtype)
+
+
+def _cagrad_by_supports(gram: Tensor, b: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """Exact CAGrad weights by enumerating supports, and whether each is certified optimal.
+
+    Minimise ``F(w) = b^T w + k sqrt(w^T G w)`` on the simplex (``G`` the Gram matrix, ``k > 0``).
+    On a face ``S`` with ``G_SS`` invertible a stationary point has ``b + k G w / r = mu 1``
+    (``r = sqrt(w^T G w)``), so ``w = (r / k) G^-1 (mu 1 - b)``; ``w^T G w = r^2`` gives
+    ``(mu 1 - b)^T G^-1 (mu 1 - b) = k^2``, a quadratic ``alpha mu^2 - 2 beta mu + gamma - k^2``
+    with ``alpha = 1^T G^-1 1``, ``beta = 1^T G^-1 b``, ``gamma = b^T G^-1 b``, and
+    ``1^T w = 1`` with ``r > 0`` selects the root with ``alpha mu - beta = sqrt(disc)``, so
+    ``w = G^-1 (mu 1 - b) / sqrt(disc)``. Each face's candidate that is non-negative, and
+    every vertex, is evaluated; the best is returned. Problems are scaled so the mean
+    diagonal of ``G`` is one (``F`` scales uniformly; the minimiser does not move).
+
+    The certificate is the first-order optimality condition of a convex function on the
+    simplex, ``min_t grad_t >= w^T grad`` with ``grad = b + k G w / r``, to ``1e-8`` of the
+    problem's scale. It fails for degenerate inputs (``r = 0``: zero in the hull of the task
+    gradients; linearly dependent gradients on the optimal face), which the caller hands to
+    the iterative solver. ``k = 0`` (``c = 0``) returns the best vertex, certified.
+    """
+    dtype = gram.dtype
+    g = gram.to(torch.float64)
+    scale = torch.diagonal(g, dim1=-2, dim2=-1).mean(-1).clamp_min(torch.finfo(torch.float64).tiny)
+    g = g / scale[..., None, None]
+    bb = b.to(torch.float64) / scale[..., None]
+    kk = k.to(torch.float64) / scale.sqrt()
+    num = g.shape[-1]
+    # Faces with at least two tasks: one batched solve for G^-1 1 and G^-1 b on each.
+    masks = supports(num, g, min_size=2)  # (S, T)
+    rhs = torch.stack([masks.expand(*bb.shape[:-1], *masks.shape), bb.unsqueeze(-2) * masks], -1)
+    x, info = torch.linalg.solve_ex(restrict(g, masks), rhs)  # (*batch, S, T, 2)
+    u, v = x[..., 0] * masks, x[..., 1] * masks
+    alpha, beta = u.sum(-1), v.sum(-1)
+    gamma = (bb.unsqueeze(-2) * v).sum(-1)
+    kk_s = kk.unsqueeze(-1)
+    disc = beta * beta - alpha * (gamma - kk_s * kk_s)
+    root = disc.clamp_min(0.0).sqrt()
+    mu = (beta + root) / alpha
+    w_faces = (mu.unsqueeze(-1) * u - v) / root.unsqueeze(-1)
+    ok = (info == 0) & (disc > 0) & (alpha > 0) & torch.isfinite(w_faces).all(-1)
+    ok &= (w_faces >= -1e-12).all(-1)
+    w_faces = w_faces.clamp_min(0.0)
+    w_faces = w_faces / w_faces.sum(-1, keepdim=True)
+    eye = torch.eye(num, dtype=torch.float64, device=g.device)
+    candidates = torch.cat([eye.expand(*bb.shape[:-1], num, num), w_faces], dim=-2)
+    valid = torch.cat([torch.ones_like(ok[..., :1]).expand(*ok.shape[:-1], num), ok], dim=-1)
+    values = _cagrad_objective(candidates.movedim(-2, 0), g, bb, kk).movedim(0, -1)
+    values = torch.where(valid & torch.isfinite(values), values, torch.inf)
+    best = values.argmin(dim=-1)
+    w = candidates.gather(-2, best[..., None, None].expand(*best.shape, 1, num)).squeeze(-2)
+    # Certificate: first-order optimality on the simplex.
+    gw = (g @ w.unsqueeze(-1)).squeeze(-1)
+    r = (w * gw).sum(-1, keepdim=True).clamp_min(0.0).sqrt()
+    linear = kk == 0
+    grad = bb + torch.where(linear.unsqueeze(-1), 0.0, kk.unsqueeze(-1) * gw / r)
+    size = bb.abs().amax(-1) + kk
+    optimal = grad.amin(-1) >= (w * grad).sum(-1) - 1e-8 * (1.0 + size)
+    optimal &= torch.isfinite(grad).all(-1)
+    return w.to(dtype), optimal
 
 
 def _cagrad_two_task_weights(gram: Tensor, b: Tensor, k: Tensor) -> Tensor:

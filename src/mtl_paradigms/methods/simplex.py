@@ -2,10 +2,43 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+MAX_EXACT_TASKS = 8
+"""Exact solvers enumerate the supports (``2^T - 1`` subsets, 255 at eight tasks) up to here."""
+
+
+@functools.cache
+def _supports_cpu(num: int, min_size: int) -> Tensor:
+    rows = [
+        [1.0 if t in subset else 0.0 for t in range(num)]
+        for size in range(max(min_size, 1), num + 1)
+        for subset in itertools.combinations(range(num), size)
+    ]
+    return torch.tensor(rows, dtype=torch.float64).reshape(-1, num)
+
+
+def supports(num: int, like: Tensor, min_size: int = 1) -> Tensor:
+    """Every subset of ``range(num)`` with at least ``min_size`` elements, as ``(S, num)`` 0/1
+    rows in ``like``'s dtype and device (by size, then in ``itertools.combinations`` order)."""
+    if not 1 <= num <= MAX_EXACT_TASKS:
+        raise ValueError(f"supports are enumerated for 1..{MAX_EXACT_TASKS} tasks, got {num}")
+    return _supports_cpu(num, min_size).to(dtype=like.dtype, device=like.device)
+
+
+def restrict(matrix: Tensor, masks: Tensor) -> Tensor:
+    """``(*batch, S, T, T)``: ``matrix`` (``(*batch, T, T)``) restricted to each support of
+    ``masks`` (``(S, T)``), with the identity on the coordinates outside it, so that a linear
+    solve on it solves the support's block and returns zeros outside (for zero right-hand sides
+    there)."""
+    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+    inside = masks.unsqueeze(-1) * masks.unsqueeze(-2)  # (S, T, T)
+    return matrix.unsqueeze(-3) * inside + eye * (1 - masks).unsqueeze(-1)
 
 
 def project_to_simplex(v: Tensor) -> Tensor:
