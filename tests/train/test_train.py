@@ -226,15 +226,16 @@ def test_the_gpu_path_agrees_with_the_cpu_path(
     # The same config and seed on CUDA (cuDNN's TF32 default, and for PCGrad the batched task
     # Jacobian) and on the CPU (per-task loop): the same data order and augmentations (drawn on
     # the CPU), the same initial weights; only floating-point rounding differs. Tolerance (README,
-    # "Performance"): per-epoch training losses within 2 % and every selected metric within
-    # 0.02 absolute over three epochs of a tiny SegNet.
-    cpu = train(mtl(data_dir, method=method), tmp_path / "cpu", baseline=baseline)
-    gpu = train(mtl(data_dir, method=method, device="cuda"), tmp_path / "gpu", baseline=baseline)
-    h_cpu = pd.read_csv(tmp_path / "cpu" / HISTORY).filter(like="train_loss/").to_numpy()
-    h_gpu = pd.read_csv(tmp_path / "gpu" / HISTORY).filter(like="train_loss/").to_numpy()
-    np.testing.assert_allclose(h_gpu, h_cpu, rtol=0.02)
-    assert gpu["selected_epoch"] == cpu["selected_epoch"]
-    for split in ("val", "test"):
-        assert set(gpu[split]) == set(cpu[split])
-        for key, value in cpu[split].items():
-            assert gpu[split][key] == pytest.approx(value, abs=0.02), (split, key)
+    # "Performance"): per-epoch training losses within 2 %, every validation and test metric of
+    # every epoch within 5 % or 0.02, over three epochs of a tiny SegNet.
+    train(mtl(data_dir, method=method), tmp_path / "cpu", baseline=baseline)
+    train(mtl(data_dir, method=method, device="cuda"), tmp_path / "gpu", baseline=baseline)
+    cpu = pd.read_csv(tmp_path / "cpu" / HISTORY).drop(columns="seconds")
+    gpu = pd.read_csv(tmp_path / "gpu" / HISTORY).drop(columns="seconds")
+    assert list(cpu.columns) == list(gpu.columns)
+    losses = [c for c in cpu.columns if c.startswith("train_loss/")]
+    np.testing.assert_allclose(gpu[losses].to_numpy(), cpu[losses].to_numpy(), rtol=0.02)
+    metrics = [c for c in cpu.columns if c.startswith(("val/", "test/"))]
+    np.testing.assert_allclose(
+        gpu[metrics].to_numpy(), cpu[metrics].to_numpy(), rtol=0.05, atol=0.02
+    )

@@ -1,15 +1,15 @@
 """Gradient statistics during training (a trainer callback) and from saved checkpoints.
 
-During training (:class:`GradStatsCallback`, passed to :func:`mtl_paradigms.train.train`):
-every ``every`` iterations (counted over the whole run, the first iteration included) and before
-that iteration's update, ``samples`` samples of the batch and at most ``max_tasks`` tasks are
-drawn at random (all of them when there are no more), their per-sample x per-task gradients of
-the shared parameters are computed (:mod:`.persample`) and every pair statistic (:mod:`.stats`)
-is kept. At the end of each epoch the epoch's pairs are summarised into ``gradstats.csv``
-(:data:`~mtl_paradigms.gradstats.SUMMARY_COLUMNS`) by an atomic rewrite that first drops any
-rows of that epoch or later; the callback's random generator is saved in the trainer's
-checkpoint. A resumed run therefore writes exactly the table of an uninterrupted one (tested),
-and the training itself is identical with and without the callback (it draws from its own
+During training (:class:`GradStatsCallback`, passed to :func:`mtl_paradigms.train.train`): every
+``every`` iterations (counted over the whole run, the first iteration included) and before that
+iteration's update, ``samples`` samples of the batch and at most ``max_tasks`` tasks are drawn at
+random (all of them when there are no more), their per-sample x per-task gradients of the shared
+parameters are computed (:mod:`.layers`, or :mod:`.persample`'s ``vmap``) and every pair statistic
+(:mod:`.stats`) is kept. At the end of each epoch the epoch's pairs are summarised into
+``gradstats.csv`` (:data:`~mtl_paradigms.gradstats.SUMMARY_COLUMNS`) by an atomic rewrite that
+first drops any rows of that epoch or later; the callback's random generator is saved in the
+trainer's checkpoint. A resumed run therefore writes exactly the table of an uninterrupted one
+(tested), and the training itself is identical with and without the callback (it draws from its own
 generator and touches neither the parameters, their gradients nor the BatchNorm buffers).
 
 From checkpoints (:func:`stats_from_checkpoints`): for each saved model state, the same
@@ -36,6 +36,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mtl_paradigms.gradstats import SUMMARY_COLUMNS
+from mtl_paradigms.gradstats.layers import layerwise_per_sample_task_gradients, supports_layerwise
 from mtl_paradigms.gradstats.persample import per_sample_task_gradients
 from mtl_paradigms.gradstats.stats import StepStatistics, gradient_statistics, summarise
 from mtl_paradigms.io import atomic_path, atomic_write
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 STATS_FILE = "gradstats.csv"
 SNAPSHOT_DIR = "snapshots"
+ENGINES: tuple[str, ...] = ("auto", "layerwise", "vmap")
 #: Offset of the extraction's generator seed from the run's seed (independent of the trainer's).
 SEED_OFFSET = 7919
 
@@ -60,16 +62,20 @@ class GradStatsSettings:
 
     Defaults are the paper's: every 5 iterations, 8 random samples and at most 8 random tasks.
     ``bn``: BatchNorm statistics of the per-sample passes, ``batch`` (the training batch's,
-    as constants) or ``eval`` (running statistics); see :mod:`.persample`. ``chunk_size``: samples
-    per ``vmap`` chunk (``null``: all at once). ``save_snapshots`` keeps the model after every
-    epoch for :func:`stats_from_checkpoints`; ``checkpoint_batches`` is how many batches that
-    function uses per checkpoint.
+    as constants) or ``eval`` (running statistics); see :mod:`.persample`. ``engine``: how the
+    gradients are computed, ``layerwise`` (:mod:`.layers`: one batched forward and ``T``
+    backward passes), ``vmap`` (:mod:`.persample`) or ``auto`` (layer-wise where every shared
+    layer is supported, else ``vmap``); all give the same numbers up to rounding.
+    ``chunk_size``: samples per ``vmap`` chunk (``null``: all at once). ``save_snapshots`` keeps
+    the model after every epoch for :func:`stats_from_checkpoints`; ``checkpoint_batches`` is how
+    many batches that function uses per checkpoint.
     """
 
     every: int = 5
     samples: int = 8
     max_tasks: int = 8
     bn: Literal["batch", "eval"] = "batch"
+    engine: Literal["auto", "layerwise", "vmap"] = "auto"
     chunk_size: int | None = None
     save_snapshots: bool = False
     checkpoint_batches: int = 4
@@ -82,6 +88,10 @@ class GradStatsSettings:
         if self.samples < 2:
             raise SettingsError(
                 f"gradstats.samples must be at least 2 (inter-sample pairs), got {self.samples}"
+            )
+        if self.engine not in ENGINES:
+            raise SettingsError(
+                f"gradstats.engine must be one of {list(ENGINES)}, got {self.engine!r}"
             )
         if self.chunk_size is not None and self.chunk_size < 1:
             raise SettingsError(f"gradstats.chunk_size must be null or >= 1, got {self.chunk_size}")
@@ -119,15 +129,20 @@ def extract(
     """Draw a subset of ``images`` and tasks, and compute its gradient statistics."""
     samples, names = draw_subset(images.shape[0], list(tasks), settings, generator)
     idx = torch.as_tensor(samples, device=images.device)
-    grads = per_sample_task_gradients(
-        model,
-        {name: tasks[name] for name in names},
-        images[idx],
-        {name: targets[name][idx] for name in names},
-        bn=settings.bn,
-        stats_images=images,
-        chunk_size=settings.chunk_size,
-    )
+    chosen = {name: tasks[name] for name in names}
+    sub_images, sub_targets = images[idx], {name: targets[name][idx] for name in names}
+    engine = settings.engine
+    if engine == "auto":
+        engine = "layerwise" if supports_layerwise(model) else "vmap"
+    if engine == "layerwise":
+        grads = layerwise_per_sample_task_gradients(
+            model, chosen, sub_images, sub_targets, bn=settings.bn, stats_images=images
+        )
+    else:
+        grads = per_sample_task_gradients(
+            model, chosen, sub_images, sub_targets, bn=settings.bn, stats_images=images,
+            chunk_size=settings.chunk_size,
+        )  # fmt: skip
     return Extraction(gradient_statistics(grads), samples, names)
 
 
