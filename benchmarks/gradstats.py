@@ -1,19 +1,27 @@
-"""Benchmark of the gradient statistics (not a test): per-sample x per-task gradients with
-``torch.func`` (vmap + jacrev) against an explicit per-sample loop, and the training overhead
-of extracting statistics every ``k`` iterations.
+"""Benchmark of the gradient statistics (not a test): per-sample x per-task gradients layer-wise
+(one batched forward, ``T`` backward passes) and with ``torch.func`` (vmap + jacrev) against an
+explicit per-sample loop, and the training overhead of extracting statistics every ``k``
+iterations.
 
     PYTHONPATH=src python benchmarks/gradstats.py                       # CPU, default scale
     PYTHONPATH=src python benchmarks/gradstats.py --preset paper-nyuv2 --device cuda
 
 Reported per configuration:
 
-* ``vmap_s`` / ``loop_s``: median seconds of one call for ``samples`` samples x ``tasks`` tasks
-  (after a warm-up call), ``speedup = loop_s / vmap_s``, throughput in per-sample-per-task
-  gradients per second, and the relative difference ``|vmap - loop| / |loop|``;
-* ``extract_s``: one whole extraction (BatchNorm statistics, vmap, Gram statistics);
+* ``layers_s`` / ``vmap_s`` / ``loop_s``: median seconds of one call for ``samples`` samples x
+  ``tasks`` tasks (after a warm-up call), ``speedup = loop_s / layers_s`` and
+  ``vmap_speedup = loop_s / vmap_s``, throughput in per-sample-per-task gradients per second, and
+  the relative differences ``|layers - loop| / |loop|`` and ``|vmap - loop| / |loop|``;
+* ``extract_s``: one whole extraction (BatchNorm statistics, the ``auto`` engine, Gram
+  statistics);
 * ``step_s``: one training step (forward, mean loss, backward, Adam) on the full batch;
 * ``overhead``: the extra time of ``steps`` training steps with an extraction every ``every``
-  steps, relative to the same steps without (goal of issue 6: at most 20 %).
+  steps, relative to the same steps without (goal of issue 6: at most 20 %);
+* FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and
+  convolutions, forward and backward): ``loop_gflop``, ``layers_gflop`` (the layer-wise
+  gradients), ``step_gflop`` (one training step); ``flop_speedup = loop / layers`` is the
+  speed-up a compute-bound machine can reach at most, and ``flop_overhead = (BatchNorm statistics
+  pass + layers) / (every x step)`` the least overhead it can reach.
 
 Inputs are random tensors of the dataset's shapes (the timings do not depend on the values).
 """
@@ -32,9 +40,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from mtl_paradigms.gradstats.extract import GradStatsSettings, extract
+from mtl_paradigms.gradstats.layers import layerwise_per_sample_task_gradients
 from mtl_paradigms.gradstats.persample import (
+    batch_norm_statistics,
     loop_per_sample_task_gradients,
     per_sample_task_gradients,
 )
@@ -85,16 +96,26 @@ class Result:
     samples: int
     tasks: int
     shared_parameters: int
+    layers_s: float
     vmap_s: float
     loop_s: float
     speedup: float
+    vmap_speedup: float
+    layers_grads_per_s: float
     vmap_grads_per_s: float
     loop_grads_per_s: float
     relative_difference: float
+    vmap_relative_difference: float
     extract_s: float
     step_s: float
     every: int
     overhead: float
+    loop_gflop: float
+    layers_gflop: float
+    stats_gflop: float
+    step_gflop: float
+    flop_speedup: float
+    flop_overhead: float
 
 
 def _sync(device: torch.device) -> None:
@@ -113,6 +134,14 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
         _sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def count_flops(fn: Callable[[], object]) -> float:
+    """FLOPs of one call of ``fn`` (``FlopCounterMode``: matrix products and convolutions)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return float(counter.get_total_flops())
 
 
 def random_batch(dataset: str, n: int, h: int, w: int, classes: int, device: torch.device):
@@ -156,9 +185,16 @@ def run(preset: str, device: torch.device, args: argparse.Namespace) -> Result:
             model, tasks, sub_images, sub_targets, stats_images=images
         )
 
-    a, b = vmapped(), looped()
-    rel = float((a - b).norm() / b.norm())
-    del a, b
+    def layered() -> torch.Tensor:
+        return layerwise_per_sample_task_gradients(
+            model, tasks, sub_images, sub_targets, stats_images=images
+        )
+
+    a, b, c = vmapped(), looped(), layered()
+    vmap_rel = float((a - b).norm() / b.norm())
+    rel = float((c - b).norm() / b.norm())
+    del a, b, c
+    layers_s = timed(layered, device, args.repeats)
     vmap_s = timed(vmapped, device, args.repeats)
     loop_s = timed(looped, device, args.repeats)
     gs = GradStatsSettings(every=args.every, samples=k, chunk_size=args.chunk_size)
@@ -179,13 +215,30 @@ def run(preset: str, device: torch.device, args: argparse.Namespace) -> Result:
 
     plain = timed(lambda: train_steps(False), device, max(1, args.repeats // 2))
     with_stats = timed(lambda: train_steps(True), device, max(1, args.repeats // 2))
+
+    def one_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        preds = model(images)
+        torch.stack([t.loss(preds[n], targets[n]) for n, t in tasks.items()]).mean().backward()
+
+    flops = {
+        name: count_flops(fn)
+        for name, fn in (("loop", looped), ("layers", layered), ("step", one_step),
+                         ("stats", lambda: batch_norm_statistics(model, images)))
+    }  # fmt: skip
     grads = k * len(tasks)
     return Result(
         preset=preset, device=str(device), dataset=dataset, width=float(cfg["width"]),  # type: ignore[arg-type]
         image=f"{h}x{w}", batch=batch, samples=k, tasks=len(tasks), shared_parameters=d,
-        vmap_s=vmap_s, loop_s=loop_s, speedup=loop_s / vmap_s, vmap_grads_per_s=grads / vmap_s,
-        loop_grads_per_s=grads / loop_s, relative_difference=rel, extract_s=extract_s,
+        layers_s=layers_s, vmap_s=vmap_s, loop_s=loop_s, speedup=loop_s / layers_s,
+        vmap_speedup=loop_s / vmap_s, layers_grads_per_s=grads / layers_s,
+        vmap_grads_per_s=grads / vmap_s, loop_grads_per_s=grads / loop_s,
+        relative_difference=rel, vmap_relative_difference=vmap_rel, extract_s=extract_s,
         step_s=plain / args.steps, every=args.every, overhead=with_stats / plain - 1,
+        loop_gflop=flops["loop"] / 1e9, layers_gflop=flops["layers"] / 1e9,
+        stats_gflop=flops["stats"] / 1e9, step_gflop=flops["step"] / 1e9,
+        flop_speedup=flops["loop"] / flops["layers"],
+        flop_overhead=(flops["stats"] + flops["layers"]) / (args.every * flops["step"]),
     )  # fmt: skip
 
 
@@ -220,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "date": time.strftime("%Y-%m-%d"),
     }
-    columns = ("preset", "samples", "tasks", "shared_parameters", "vmap_s", "loop_s", "speedup",
-               "relative_difference", "extract_s", "step_s", "overhead")  # fmt: skip
+    columns = ("preset", "samples", "tasks", "shared_parameters", "layers_s", "vmap_s", "loop_s",
+               "speedup", "vmap_speedup", "flop_speedup", "relative_difference", "extract_s",
+               "step_s", "overhead", "flop_overhead")  # fmt: skip
     sys.stdout.write(json.dumps(meta) + "\n")
     sys.stdout.write(" ".join(f"{c:>12}" for c in columns) + "\n")
     for r in results:
