@@ -3,6 +3,9 @@
 Elich et al. (2024), "Gradient conflicts" (Figs 4, A5-A7), and the interference measure of
 Gama & Grassi. The pieces, each importable on its own:
 
+* :mod:`.layers` -- the same ``(N, T, D)`` gradients from one batched forward and ``T`` backward
+  passes, each layer's per-sample gradient from its input and output gradient (the default engine
+  where every shared layer is a ``Conv2d``, ``Linear`` or BatchNorm).
 * :mod:`.persample` -- the ``(N, T, D)`` gradients ``g[i, t] = d L_t(x_i) / d phi`` for the shared
   parameters ``phi``, with ``torch.func`` (``functional_call`` + ``vmap`` + ``jacrev``), and the
   explicit per-sample loop they are checked and benchmarked against; BatchNorm handling.
