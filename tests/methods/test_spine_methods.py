@@ -72,6 +72,37 @@ def test_pcgrad_hand_made_example() -> None:
     torch.testing.assert_close(PCGrad()(grads), expected)
 
 
+def _pcgrad_by_projection(grads: torch.Tensor, orders: list[list[int]]) -> torch.Tensor:
+    """PCGrad as the paper writes it: sequential projections of D-vectors."""
+    sq_norms = (grads * grads).sum(-1)
+    projected = []
+    for i, others in enumerate(orders):
+        g_i = grads[..., i, :]
+        for j in others:
+            g_j = grads[..., j, :]
+            dot = (g_i * g_j).sum(-1, keepdim=True)
+            norm_j = sq_norms[..., j : j + 1]
+            g_i = g_i - torch.where((dot < 0) & (norm_j > 0), dot / norm_j, 0.0) * g_j
+        projected.append(g_i)
+    return torch.stack(projected, dim=-2).mean(-2)
+
+
+@given(seed=SEEDS, tasks=st.integers(2, 7), dim=st.integers(1, 12))
+@settings(max_examples=40, deadline=None)
+def test_pcgrad_in_gram_space_equals_the_sequential_projections(
+    seed: int, tasks: int, dim: int
+) -> None:
+    grads = sample_matrix(seed, batch=3, tasks=tasks, dim=dim)
+    grads[0, -1] = 0.0  # a zero gradient is never projected against
+    # the same random orders: same seed, and the reference is handed the drawn orders
+    orders = PCGrad(seed=seed).projection_orders(tasks)
+    direction, weights = PCGrad(seed=seed).aggregate(grads)
+    expected = _pcgrad_by_projection(grads, orders)
+    torch.testing.assert_close(direction, expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(direction, (weights.unsqueeze(-1) * grads).sum(-2))
+    torch.testing.assert_close(PCGrad()(torch.ones(1, 4)), torch.ones(4))  # one task: itself
+
+
 def test_pcgrad_is_deterministic_for_a_seed() -> None:
     grads = sample_matrix(3, batch=4, tasks=5, dim=7)
     torch.testing.assert_close(PCGrad(seed=1)(grads), PCGrad(seed=1)(grads))
