@@ -10,8 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_spine_methods import sample_matrix
 
-from mtl_paradigms.methods.aggregators import IMTLG, MAX_EXACT_TASKS, MGDA, AlignedMTL, GradDrop
+from mtl_paradigms.methods.aggregators import (
+    IMTLG,
+    MAX_EXACT_TASKS,
+    MGDA,
+    AlignedMTL,
+    GradDrop,
+    _min_norm_by_supports,
+    _quadratic,
+)
 from mtl_paradigms.methods.base import gramian
+from mtl_paradigms.methods.simplex import min_norm_weights, minimize_on_simplex
 
 SEEDS = st.integers(min_value=0, max_value=2**31 - 1)
 F64 = torch.float64
@@ -79,16 +88,40 @@ def test_mgda_direction_does_not_conflict_with_any_task(seed: int, tasks: int, d
     assert torch.all(dots >= sq - tol)
 
 
-def test_mgda_iterative_solver_for_many_tasks() -> None:
-    # Beyond MAX_EXACT_TASKS the iterative solver runs; it is close to optimal.
-    grads = sample_matrix(5, batch=2, tasks=MAX_EXACT_TASKS + 2, dim=12)
-    w = MGDA(iterations=200).task_weights(grads)
+@given(seed=SEEDS, tasks=st.integers(3, 40), dim=st.integers(1, 60))
+@settings(max_examples=40, deadline=None)
+def test_wolfe_min_norm_point_is_certified_and_matches_the_exact_solver(
+    seed: int, tasks: int, dim: int
+) -> None:
+    # Wolfe's algorithm (MGDA beyond MAX_EXACT_TASKS): feasible, first-order optimal, equal to
+    # the support enumeration where that runs, and never worse than the iterative solver.
+    # dim < tasks gives affinely dependent gradients (degenerate faces).
+    grads = sample_matrix(seed, batch=2, tasks=tasks, dim=dim)
+    gram = gramian(grads)
+    w = min_norm_weights(gram)
     assert torch.all(w >= 0)
     torch.testing.assert_close(w.sum(-1), torch.ones(2, dtype=F64))
-    d = (w.unsqueeze(-1) * grads).sum(-2)
-    dots = (grads @ d.unsqueeze(-1)).squeeze(-1)
-    scale = gramian(grads).abs().amax(dim=(-1, -2)).unsqueeze(-1)
-    assert torch.all(dots >= (d * d).sum(-1, keepdim=True) - 1e-2 * scale)
+    scale = torch.diagonal(gram, dim1=-2, dim2=-1).amax(-1)
+    value = _quadratic(w, gram)
+    assert torch.all((gram @ w.unsqueeze(-1)).squeeze(-1).amin(-1) >= value - 1e-10 * scale)
+    if tasks <= MAX_EXACT_TASKS:
+        exact = _quadratic(_min_norm_by_supports(gram), gram)
+        assert torch.all((value - exact).abs() <= 1e-10 * scale)
+    else:
+        iterative = minimize_on_simplex(lambda v: _quadratic(v, gram), gram, iterations=100)
+        assert torch.all(value <= _quadratic(iterative, gram) + 1e-12 * scale)
+
+
+def test_mgda_beyond_the_exact_limit_uses_wolfe() -> None:
+    grads = sample_matrix(5, batch=2, tasks=MAX_EXACT_TASKS + 2, dim=12)
+    torch.testing.assert_close(
+        MGDA().task_weights(grads), min_norm_weights(gramian(grads)), rtol=0, atol=0
+    )
+    # degenerate: identical and zero gradients
+    same = torch.ones(12, 5, dtype=F64)
+    assert float(_quadratic(min_norm_weights(gramian(same)), gramian(same))) == pytest.approx(5.0)
+    zero = torch.zeros(12, 5, dtype=F64)
+    torch.testing.assert_close(min_norm_weights(gramian(zero)).sum(), torch.tensor(1.0, dtype=F64))
 
 
 def test_mgda_hand_made_examples() -> None:

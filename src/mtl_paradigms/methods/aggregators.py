@@ -17,7 +17,7 @@ from torch import Tensor
 from mtl_paradigms.methods.base import Aggregator, WeightedAggregator, check_matrix, gramian
 from mtl_paradigms.methods.simplex import (
     MAX_EXACT_TASKS,
-    minimize_on_simplex,
+    min_norm_weights,
     restrict,
     supports,
 )
@@ -45,11 +45,11 @@ class MGDA(WeightedAggregator):
     ``w_1 = clip(<g_2 - g_1, g_2> / |g_1 - g_2|^2, 0, 1)`` (``1/2`` when ``g_1 = g_2``). Up to
     ``MAX_EXACT_TASKS`` tasks the convex quadratic ``w^T (G G^T) w`` is minimised exactly on
     the Gram matrix by solving its KKT system on every support (``2^T - 1`` small batched
-    solves). More tasks use :func:`~mtl_paradigms.methods.simplex.minimize_on_simplex`
-    (``iterations`` monotone steps of projected-gradient and Frank-Wolfe candidates), accurate
-    to about ``1e-6`` of the Gram scale in the objective. This is the plain MGDA on the given
-    gradients; the gradient normalisations and the representation-gradient upper bound of
-    MGDA-UB are not applied.
+    solves). More tasks use Wolfe's minimum-norm-point algorithm
+    (:func:`~mtl_paradigms.methods.simplex.min_norm_weights`, exact up to its ``1e-12``
+    optimality tolerance; ``iterations`` caps its major cycles). This is the plain MGDA on the
+    given gradients; the gradient normalisations and the representation-gradient upper bound
+    of MGDA-UB are not applied.
     """
 
     name = "mgda"
@@ -70,7 +70,7 @@ class MGDA(WeightedAggregator):
             return _mgda_two_task_weights(gram)
         if num_tasks <= MAX_EXACT_TASKS:
             return _min_norm_by_supports(gram)
-        return minimize_on_simplex(lambda w: _quadratic(w, gram), gram, iterations=self.iterations)
+        return min_norm_weights(gram, max_iterations=self.iterations)
 
 
 def _min_norm_by_supports(gram: Tensor) -> Tensor:

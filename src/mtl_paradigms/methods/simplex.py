@@ -6,6 +6,7 @@ import functools
 import itertools
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -95,3 +96,71 @@ def minimize_on_simplex(
             best = values.argmin(dim=-1, keepdim=True)
             w = candidates.gather(-2, best.unsqueeze(-1).expand(*best.shape, num_tasks)).squeeze(-2)
     return w.detach()
+
+
+def min_norm_weights(gram: Tensor, max_iterations: int = 300) -> Tensor:
+    """Simplex weights of the min-norm point of the convex hull of ``T`` vectors, exactly.
+
+    Wolfe's (1976) minimum-norm-point algorithm on the Gram matrix ``G`` (``(*batch, T, T)``):
+    the current point is ``x = sum_t w_t g_t`` (``|x|^2 = w^T G w``, ``<x, g_t> = (G w)_t``).
+    A major cycle adds the vector most opposed to ``x`` to the active set ``S``, unless
+    ``|x|^2 - min_t <x, g_t> <= 1e-12 max_t G_tt``, the first-order optimality condition (then
+    ``x`` is optimal); minor cycles move ``x`` to the affine minimiser of ``S`` (a bordered
+    ``|S| + 1`` solve), dropping the vectors whose weight that would make negative. It ends in
+    finitely many steps (``max_iterations`` major cycles at most, a guard). Runs in float64
+    NumPy on the CPU, one host transfer of the ``T x T`` matrix; used for MGDA beyond
+    ``MAX_EXACT_TASKS`` tasks, where enumerating supports would be ``2^T`` solves.
+    """
+    if max_iterations < 1:
+        raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
+    num = gram.shape[-1]
+    g = gram.detach().to("cpu", torch.float64).numpy().reshape(-1, num, num)
+    out = np.stack([_wolfe(m, max_iterations) for m in g]).reshape(gram.shape[:-1])
+    return torch.from_numpy(out).to(device=gram.device, dtype=gram.dtype)
+
+
+def _affine_minimiser(gram: np.ndarray, active: list[int]) -> np.ndarray:
+    """Coefficients (summing to one) of the min-norm point of the affine hull of ``active``."""
+    k = len(active)
+    system = np.zeros((k + 1, k + 1))
+    system[:k, :k] = gram[np.ix_(active, active)]
+    system[:k, k] = 1.0
+    system[k, :k] = 1.0
+    rhs = np.zeros(k + 1)
+    rhs[k] = 1.0
+    solution = np.linalg.lstsq(system, rhs, rcond=None)[0]
+    return solution[:k]
+
+
+def _wolfe(gram: np.ndarray, max_iterations: int) -> np.ndarray:
+    num = gram.shape[0]
+    diag = np.diag(gram)
+    tol = 1e-12 * max(float(diag.max()), np.finfo(np.float64).tiny)
+    first = int(np.argmin(diag))
+    active = [first]
+    w = np.zeros(num)
+    w[first] = 1.0
+    for _ in range(max_iterations):
+        gw = gram @ w
+        t = int(np.argmin(gw))
+        if float(w @ gw) - gw[t] <= tol or t in active:
+            break
+        active.append(t)
+        for _ in range(len(active) + 1):  # minor cycles: each drops at least one vector
+            v = _affine_minimiser(gram, active)
+            current = w[active]
+            if np.all(v > 0):
+                w = np.zeros(num)
+                w[active] = v
+                break
+            negative = v <= 0
+            steps = current[negative] / (current[negative] - v[negative])
+            theta = float(steps.min())
+            moved = current + theta * (v - current)
+            moved[np.flatnonzero(negative)[int(np.argmin(steps))]] = 0.0
+            keep = moved > 0
+            active = [s for s, k in zip(active, keep, strict=True) if k]
+            w = np.zeros(num)
+            w[active] = moved[keep]
+            w /= w.sum()
+    return w
