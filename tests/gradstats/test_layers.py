@@ -156,6 +156,15 @@ def test_an_unsupported_shared_layer_is_named_and_auto_falls_back_to_vmap() -> N
     assert len(auto.statistics.pairs) > 0
 
 
+@pytest.mark.parametrize(
+    "conv",
+    [nn.Conv2d(3, 4, 3, padding="same"), nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")],
+)
+def test_convolutions_without_explicit_zero_padding_are_refused(conv: nn.Conv2d) -> None:
+    model = MultiTaskModel(nn.Sequential(conv), {"depth": nn.Conv2d(4, 1, 1)})
+    assert not supports_layerwise(model)
+
+
 def test_auto_and_both_engines_give_the_same_statistics() -> None:
     model = _model()
     images, targets = _batch(6)

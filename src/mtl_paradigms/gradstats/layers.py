@@ -87,9 +87,12 @@ def _shared_layers(model: MultiTaskModel) -> tuple[dict[str, _Layer], list[tuple
                 f"the layer-wise engine handles {[t.__name__ for t in SUPPORTED]} "
                 "(use gradstats.extract.engine: vmap)"
             )
-        if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+        if isinstance(module, nn.Conv2d) and (
+            module.padding_mode != "zeros" or isinstance(module.padding, str)
+        ):
             raise UnsupportedLayerError(
-                f"{module_name}: padding_mode {module.padding_mode!r} (only 'zeros' is handled)"
+                f"{module_name}: padding {module.padding!r}, padding_mode "
+                f"{module.padding_mode!r} (explicit zero padding is handled)"
             )
         layers.setdefault(module_name, _Layer(module, [])).params.append(local)
         order.append((module_name, local))
