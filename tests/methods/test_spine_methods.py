@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mtl_paradigms.methods import EW, UWO, CAGrad, FixedWeights, PCGrad, make_method
 from mtl_paradigms.methods.base import gramian
 from mtl_paradigms.methods.gradient import (
+    _cagrad_active_set,
     _cagrad_by_supports,
+    _cagrad_face,
     _cagrad_iterative,
     _cagrad_objective,
 )
@@ -188,6 +191,85 @@ def test_cagrad_support_enumeration_is_certified_and_beats_the_iterative_solver(
     assert torch.all(found <= _cagrad_objective(points, gram, b, k) + 1e-12)
 
 
+@given(
+    seed=SEEDS,
+    tasks=st.integers(9, 40),
+    extra=st.integers(0, 20),
+    c=st.floats(0.05, 5.0),
+    common=st.floats(0.0, 2.0),
+)
+@settings(max_examples=25, deadline=None)
+def test_cagrad_active_set_beyond_eight_tasks_is_certified_and_beats_the_iterative_solver(
+    seed: int, tasks: int, extra: int, c: float, common: float
+) -> None:
+    # Beyond the enumeration limit: gradients in general position around a shared component of
+    # varying strength (from conflicting to aligned tasks) and scales spread over a factor ~50.
+    gen = torch.Generator().manual_seed(seed)
+    dim = tasks + extra
+    scales = torch.exp(torch.randn(2, tasks, 1, generator=gen, dtype=torch.float64))
+    grads = torch.randn(2, tasks, dim, generator=gen, dtype=torch.float64) * scales
+    grads = grads + common * torch.randn(2, 1, dim, generator=gen, dtype=torch.float64)
+    gram, b, k = _cagrad_problem(grads, c)
+    w, optimal = _cagrad_active_set(gram, b, k)
+    assert bool(optimal.all())
+    assert torch.all(w >= 0)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, dtype=torch.float64))
+    found = _cagrad_objective(w, gram, b, k)
+    iterative = _cagrad_objective(_cagrad_iterative(gram, b, k), gram, b, k)
+    assert torch.all(found <= iterative + 1e-10 * gram.abs().amax((-2, -1)))
+    points = project_to_simplex(torch.randn(200, 1, tasks, generator=gen, dtype=torch.float64))
+    assert torch.all(found <= _cagrad_objective(points, gram, b, k) + 1e-12)
+    # what the method returns beyond eight tasks
+    torch.testing.assert_close(CAGrad(c=c).task_weights(grads), w, rtol=0, atol=0)
+
+
+@given(seed=SEEDS, tasks=st.integers(3, 8), extra=st.integers(0, 6), c=st.floats(0.05, 2.0))
+@settings(max_examples=30, deadline=None)
+def test_cagrad_active_set_agrees_with_the_support_enumeration(
+    seed: int, tasks: int, extra: int, c: float
+) -> None:
+    # Two exact solvers of one convex problem: the same minimum, and (the minimiser is unique
+    # for gradients in general position) the same weights.
+    grads = sample_matrix(seed, batch=3, tasks=tasks, dim=tasks + extra)
+    gram, b, k = _cagrad_problem(grads, c)
+    w, optimal = _cagrad_active_set(gram, b, k)
+    reference, _ = _cagrad_by_supports(gram, b, k)
+    assert bool(optimal.all())
+    scale = gram.abs().amax((-2, -1))
+    found = _cagrad_objective(w, gram, b, k)
+    assert torch.all((found - _cagrad_objective(reference, gram, b, k)).abs() <= 1e-10 * scale)
+    torch.testing.assert_close(w, reference, rtol=0, atol=1e-6)
+
+
+@given(seed=SEEDS, tasks=st.integers(3, 8), c=st.floats(0.05, 2.0))
+@settings(max_examples=30, deadline=None)
+def test_cagrad_face_step_lands_on_the_optimum_from_its_face(
+    seed: int, tasks: int, c: float
+) -> None:
+    # The active-set search's face step: given the optimal face, the closed form is the
+    # optimum itself, with tau = r / k.
+    grads = sample_matrix(seed, batch=1, tasks=tasks, dim=tasks + 2)[0]
+    gram, b, k = _cagrad_problem(grads, c)
+    optimum, optimal = _cagrad_by_supports(gram, b, k)
+    assume(bool(optimal) and int((optimum > 0).sum()) >= 2)
+    face = _cagrad_face(gram.numpy(), b.numpy(), float(k), np.flatnonzero(optimum.numpy() > 0))
+    assert face is not None
+    w, tau = face
+    np.testing.assert_allclose(w, optimum.numpy(), atol=1e-8)
+    r = float(optimum @ gram @ optimum) ** 0.5
+    assert tau == pytest.approx(r / float(k), rel=1e-8)
+
+
+def test_cagrad_with_c_zero_beyond_eight_tasks_is_the_mean() -> None:
+    grads = sample_matrix(5, batch=3, tasks=12, dim=20)
+    torch.testing.assert_close(CAGrad(c=0.0)(grads), grads.mean(-2))
+    gram, b, k = _cagrad_problem(grads, 0.0)
+    w, optimal = _cagrad_active_set(gram, b, k)
+    assert bool(optimal.all())
+    # F is linear: the best vertex
+    torch.testing.assert_close(w, torch.nn.functional.one_hot(b.argmin(-1), 12).double())
+
+
 @pytest.mark.parametrize(
     "grads",
     [
@@ -197,6 +279,10 @@ def test_cagrad_support_enumeration_is_certified_and_beats_the_iterative_solver(
         torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]]),
         # more tasks than dimensions
         torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0], [0.5, -0.2]]),
+        # beyond the enumeration limit: 12 tasks in 3 dimensions, zero inside their hull
+        torch.cat([torch.eye(3), -torch.eye(3), torch.ones(3, 3), -2 * torch.ones(3, 3)]),
+        # beyond the enumeration limit: 10 identical gradients
+        torch.tensor([[1.0, -2.0, 0.5]]).repeat(10, 1),
     ],
 )
 def test_cagrad_degenerate_gradients_fall_back_to_a_feasible_optimum(grads: torch.Tensor) -> None:

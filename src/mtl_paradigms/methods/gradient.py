@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -16,6 +17,7 @@ from mtl_paradigms.methods.base import (
 )
 from mtl_paradigms.methods.simplex import (
     MAX_EXACT_TASKS,
+    min_norm_point,
     minimize_on_simplex,
     restrict,
     supports,
@@ -122,9 +124,14 @@ class CAGrad(Aggregator):
             return _cagrad_two_task_weights(gram, b, k)
         if num_tasks <= MAX_EXACT_TASKS:
             w, optimal = _cagrad_by_supports(gram, b, k)
-            if bool(optimal.all()):
-                return w
-        return _cagrad_iterative(gram, b, k)
+        else:
+            w, optimal = _cagrad_active_set(gram, b, k)
+        if bool(optimal.all()):
+            return w
+        # Degenerate inputs: the iterative solver, keeping whichever point is better.
+        fallback = _cagrad_iterative(gram, b, k)
+        better = _cagrad_objective(fallback, gram, b, k) < _cagrad_objective(w, gram, b, k)
+        return torch.where((better & ~optimal).unsqueeze(-1), fallback, w)
 
     def __call__(self, grads: Tensor) -> Tensor:
         return self.aggregate(grads)[0]
@@ -157,6 +164,108 @@ def _cagrad_iterative(gram: Tensor, b: Tensor, k: Tensor) -> Tensor:
     g, bb, kk = (x.detach().to("cpu", torch.float64) for x in (gram, b, k))
     w = minimize_on_simplex(lambda w: _cagrad_objective(w, g, bb, kk), g, bb, kk)
     return w.to(device=gram.device, dtype=gram.dtype)
+
+
+def _cagrad_certified(
+    w: np.ndarray, gram: np.ndarray, b: np.ndarray, k: float, tol: float = 1e-8
+) -> bool:
+    """The first-order optimality certificate of :func:`_cagrad_by_supports`, for one problem."""
+    if np.any(w < 0) or abs(w.sum() - 1.0) > 1e-9:
+        return False
+    gw = gram @ w
+    r2 = float(w @ gw)
+    if k == 0:
+        grad = b
+    elif r2 > 0:
+        grad = b + k * gw / np.sqrt(r2)
+    else:
+        return False
+    if not np.all(np.isfinite(grad)):
+        return False
+    return bool(grad.min() >= w @ grad - tol * (1.0 + np.abs(b).max() + k))
+
+
+def _cagrad_face(
+    gram: np.ndarray, b: np.ndarray, k: float, face: np.ndarray
+) -> tuple[np.ndarray, float] | None:
+    """The stationary point of ``F`` on the affine hull of ``face`` (indices) and its ``r / k``,
+    by the closed form of :func:`_cagrad_by_supports`; ``None`` where it does not exist."""
+    try:
+        x = np.linalg.solve(gram[np.ix_(face, face)], np.stack([np.ones(len(face)), b[face]], 1))
+    except np.linalg.LinAlgError:
+        return None
+    alpha, beta = x[:, 0].sum(), x[:, 1].sum()
+    disc = beta * beta - alpha * (b[face] @ x[:, 1] - k * k)
+    if not (alpha > 0 and disc > 0 and np.all(np.isfinite(x))):
+        return None
+    root = np.sqrt(disc)
+    w = np.zeros(len(b))
+    w[face] = ((beta + root) / alpha * x[:, 0] - x[:, 1]) / root
+    return w, 1.0 / root
+
+
+def _cagrad_active_set_one(
+    gram: np.ndarray, b: np.ndarray, k: float, max_iterations: int = 100
+) -> tuple[np.ndarray, bool]:
+    """:func:`_cagrad_active_set` for one problem (scaled: mean diagonal one)."""
+    num = len(b)
+    if k == 0:
+        w = np.eye(num)[int(np.argmin(b))]
+        return w, True
+    q = max(float(b.mean()), 0.0)  # |g0|^2 = u^T G u, since b = G u with u = 1/T
+    lo, hi = 0.0, np.sqrt(max(float(np.diag(gram).max()), 0.0)) / k
+    tau = min(np.sqrt(q) / k, hi)
+    ones = np.ones(num)
+    w = np.full(num, 1.0 / num)
+    for _ in range(max_iterations):
+        shifted = gram + tau * (np.outer(b, ones) + np.outer(ones, b)) + tau * tau * q
+        w = min_norm_point(shifted)
+        if np.sqrt(max(float(w @ gram @ w), 0.0)) > k * tau:
+            lo = max(lo, tau)
+        else:
+            hi = min(hi, tau)
+        face = _cagrad_face(gram, b, k, np.flatnonzero(w > 0))
+        if face is not None:
+            w_face, tau_face = face
+            if np.all(w_face >= -1e-12):
+                w_face = np.clip(w_face, 0.0, None)
+                w_face /= w_face.sum()
+                if _cagrad_certified(w_face, gram, b, k):
+                    return w_face, True
+            if lo < tau_face < hi:
+                tau = tau_face
+                continue
+        if hi - lo <= 1e-12 * hi:
+            break
+        tau = 0.5 * (lo + hi)
+    return w, _cagrad_certified(w, gram, b, k)
+
+
+def _cagrad_active_set(gram: Tensor, b: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """Exact CAGrad weights for any number of tasks, and whether each is certified optimal.
+
+    At the optimum ``w*`` of ``F(w) = b^T w + k sqrt(w^T G w)`` with ``r* = sqrt(w*^T G w*) > 0``,
+    the optimality conditions are those of the min-norm point of the hull of the shifted
+    gradients ``g_t + tau g0`` with ``tau = r* / k`` (``b = G u``, ``u = 1/T``). For a trial
+    ``tau``, Wolfe's algorithm (:func:`~mtl_paradigms.methods.simplex.min_norm_point`, on the
+    shifted Gram matrix) finds that point's face exactly; the closed form of
+    :func:`_cagrad_by_supports` on that face gives the face's stationary point and its own
+    ``tau``. A non-negative, certified stationary point is the answer; otherwise the search
+    moves to the face's ``tau``. ``sqrt(w(tau)^T G w(tau)) / tau`` decreases in ``tau``, so
+    each trial also narrows a bracket on ``tau*``, and a face ``tau`` outside it is replaced by
+    bisection: the search cannot cycle. Runs in NumPy float64 on the CPU (one transfer of the
+    ``T x T`` matrix); the certificate is :func:`_cagrad_by_supports`'.
+    """
+    num = gram.shape[-1]
+    g = gram.detach().to("cpu", torch.float64).reshape(-1, num, num)
+    scale = torch.diagonal(g, dim1=-2, dim2=-1).mean(-1).clamp_min(torch.finfo(torch.float64).tiny)
+    g = (g / scale[:, None, None]).numpy()
+    bb = (b.detach().to("cpu", torch.float64).reshape(-1, num) / scale[:, None]).numpy()
+    kk = (k.detach().to("cpu", torch.float64).reshape(-1) / scale.sqrt()).numpy()
+    results = [_cagrad_active_set_one(g[i], bb[i], float(kk[i])) for i in range(len(g))]
+    w = torch.from_numpy(np.stack([r[0] for r in results])).reshape(b.shape)
+    optimal = torch.tensor([r[1] for r in results], device=gram.device).reshape(b.shape[:-1])
+    return w.to(device=gram.device, dtype=gram.dtype), optimal
 
 
 def _cagrad_by_supports(gram: Tensor, b: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:

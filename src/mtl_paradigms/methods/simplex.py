@@ -115,7 +115,7 @@ def min_norm_weights(gram: Tensor, max_iterations: int = 300) -> Tensor:
         raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
     num = gram.shape[-1]
     g = gram.detach().to("cpu", torch.float64).numpy().reshape(-1, num, num)
-    out = np.stack([_wolfe(m, max_iterations) for m in g]).reshape(gram.shape[:-1])
+    out = np.stack([min_norm_point(m, max_iterations) for m in g]).reshape(gram.shape[:-1])
     return torch.from_numpy(out).to(device=gram.device, dtype=gram.dtype)
 
 
@@ -132,7 +132,9 @@ def _affine_minimiser(gram: np.ndarray, active: list[int]) -> np.ndarray:
     return solution[:k]
 
 
-def _wolfe(gram: np.ndarray, max_iterations: int) -> np.ndarray:
+def min_norm_point(gram: np.ndarray, max_iterations: int = 300) -> np.ndarray:
+    """Wolfe's algorithm (see :func:`min_norm_weights`) on one float64 ``(T, T)`` Gram matrix:
+    the simplex weights of the min-norm point of the hull."""
     num = gram.shape[0]
     diag = np.diag(gram)
     tol = 1e-12 * max(float(diag.max()), np.finfo(np.float64).tiny)
