@@ -30,6 +30,7 @@ skipped and listed. Results: ``<out-dir>/throughput-<device>.csv`` and ``.md``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import logging
 import math
@@ -50,7 +51,13 @@ from tqdm.auto import tqdm
 from mtl_paradigms.methods import make_method
 from mtl_paradigms.models import build_model
 from mtl_paradigms.tasks import Task, attribute_tasks, make_tasks
-from mtl_paradigms.train import TrainSettings, make_optimizer
+from mtl_paradigms.train import (
+    TrainSettings,
+    batched_jacobian,
+    compile_model,
+    make_optimizer,
+    speed_flags,
+)
 from mtl_paradigms.updates import Updater, make_updater, task_jacobian, task_losses
 
 log = logging.getLogger("throughput")
@@ -61,6 +68,8 @@ METHODS = ("ew", "pcgrad", "cagrad", "imtl_g", "aligned_mtl", "nash_mtl", "mgda"
 #: passes for the per-task gradients of the shared parameters), the issue's 1.1x yardstick.
 FLOOR = "floor"
 KEY = ["setting", "method", "precision"]
+#: TrainSettings switch -> its suffix in the ``precision`` column.
+SWITCH_LABELS = {"fused_optimizer": "fused", "cudnn_benchmark": "cudnnbench", "compile": "compile"}
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,7 @@ class Row:
     ew_gflop: float
     mfu: float
     peak_tflops: float
+    first_step_s: float = math.nan  # the first step (compilation, cuDNN autotuning) in s
     note: str = ""
 
 
@@ -144,10 +154,23 @@ def random_batch(
     return images, {k: v.to(device) for k, v in targets.items()}
 
 
+def train_settings(
+    setting: Setting, method_name: str, bf16: bool, channels_last: bool, **switches: bool
+) -> TrainSettings:
+    """The trainer's settings for ``setting``; ``switches``: ``fused_optimizer``,
+    ``cudnn_benchmark``, ``compile``."""
+    return TrainSettings(
+        dataset=setting.dataset, arch=setting.arch, method=method_name,  # type: ignore[arg-type]
+        batch_size=setting.batch, bf16=bf16, channels_last=channels_last,
+        augment=setting.dataset != "celeba", **switches,
+    )  # fmt: skip
+
+
 def build_updater(
-    setting: Setting, method_name: str, device: torch.device, bf16: bool, channels_last: bool
+    setting: Setting, settings: TrainSettings, device: torch.device
 ) -> tuple[Updater, dict[str, Task]]:
-    """Model, tasks, method and updater exactly as :func:`mtl_paradigms.train.train` makes them."""
+    """Model, tasks, method and updater exactly as :func:`mtl_paradigms.train.train` makes them
+    (to be stepped under :func:`mtl_paradigms.train.speed_flags`)."""
     torch.manual_seed(0)
     tasks = make_setting_tasks(setting)
     model = build_model(
@@ -155,22 +178,20 @@ def build_updater(
         {name: task.out_channels for name, task in tasks.items()},
         single_task=len(tasks) == 1,
     ).to(device)
-    if channels_last:
+    if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    settings = TrainSettings(
-        dataset=setting.dataset, arch=setting.arch, method=method_name,  # type: ignore[arg-type]
-        batch_size=setting.batch, bf16=bf16, channels_last=channels_last,
-        augment=setting.dataset != "celeba",
-    )  # fmt: skip
-    method = make_method(method_name, {})
+    method = make_method(settings.method, {})
     extra = method.bind(len(tasks), device)
     method.attach(model)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    if settings.compile:
+        compile_model(model)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
     updater = make_updater(
         model, tasks, method, extra, autocast, lambda params: make_optimizer(settings, params),
         optimizer_name=settings.optimizer, lr=settings.lr, adam_betas=settings.adam_betas,
         adam_eps=settings.adam_eps, weight_decay=settings.weight_decay,
-        generator=torch.Generator().manual_seed(1), batched_jacobian=device.type == "cuda",
+        generator=torch.Generator().manual_seed(1),
+        batched_jacobian=batched_jacobian(settings, device),
     )  # fmt: skip
     return updater, tasks
 
@@ -206,8 +227,10 @@ def timed_step(updater: Updater, images: Tensor, targets: dict[str, Tensor], dev
 
 
 def ew_flops(setting: Setting, device: torch.device, bf16: bool, channels_last: bool) -> float:
-    """FLOPs of one EW update step (forward + backward) at ``setting``."""
-    updater, tasks = build_updater(setting, "ew", device, bf16, channels_last)
+    """FLOPs of one EW update step (forward + backward) at ``setting`` (eager: the same
+    arithmetic with or without the speed switches)."""
+    settings = train_settings(setting, "ew", bf16, channels_last)
+    updater, tasks = build_updater(setting, settings, device)
     images, targets = random_batch(setting, tasks, device, channels_last)
     counter = FlopCounterMode(display=False)
     with counter:
@@ -219,7 +242,16 @@ def measure(args: argparse.Namespace) -> list[Row]:
     device = torch.device(args.device)
     label = device.type
     scale = args.cpu_scale if device.type == "cpu" else 1
-    precision = ("bf16" if args.bf16 else "fp32") + ("+cl" if args.channels_last else "")
+    # The row's variant: precision, memory format and speed switches ("bf16+cl+fused").
+    switches = {
+        "fused_optimizer": args.fused, "cudnn_benchmark": args.cudnn_benchmark,
+        "compile": args.compile,
+    }  # fmt: skip
+    precision = (
+        ("bf16" if args.bf16 else "fp32")
+        + ("+cl" if args.channels_last else "")
+        + "".join(f"+{SWITCH_LABELS[k]}" for k, on in switches.items() if on)
+    )
     peak = args.peak_tflops
     if peak is None and device.type == "cuda":
         # fp32 convolutions run on TF32 tensor cores where cuDNN allows it (torch's default).
@@ -242,15 +274,21 @@ def measure(args: argparse.Namespace) -> list[Row]:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
+            stack = contextlib.ExitStack()
             try:
-                updater, tasks = build_updater(
-                    setting, "ew" if method_name == FLOOR else method_name, device, args.bf16,
-                    args.channels_last,
+                settings = train_settings(
+                    setting, "ew" if method_name == FLOOR else method_name, args.bf16,
+                    args.channels_last, **switches,
                 )  # fmt: skip
+                stack.enter_context(speed_flags(settings))
+                updater, tasks = build_updater(setting, settings, device)
                 if method_name == FLOOR:
-                    updater = FloorStep(updater, tasks, batched=device.type == "cuda")  # type: ignore[assignment]
+                    updater = FloorStep(  # type: ignore[assignment]
+                        updater, tasks, batched=batched_jacobian(settings, device)
+                    )
                 images, targets = random_batch(setting, tasks, device, args.channels_last)
                 first = timed_step(updater, images, targets, device)
+                base["first_step_s"] = first
                 if first > max_step:
                     second = timed_step(updater, images, targets, device)
                     if second > max_step:
@@ -275,6 +313,7 @@ def measure(args: argparse.Namespace) -> list[Row]:
                 continue
             finally:
                 updater = images = targets = None  # type: ignore[assignment]
+                stack.close()
             median = statistics.median(times)
             q = statistics.quantiles(times, n=4) if len(times) > 1 else [median] * 3
             mem = torch.cuda.max_memory_allocated(device) / 2**30 if label == "cuda" else math.nan
@@ -311,7 +350,7 @@ def markdown(table: pd.DataFrame, device_type: str, machine: str) -> str:
         ("img_per_s", "img/s", 1), ("ms_median", "ms/step", 1), ("ratio", "x EW step", 2),
         ("floor_ratio", "x floor", 2),
         ("peak_mem_gib", "peak GiB", 2), ("mfu", "MFU", 3), ("peak_tflops", "peak TFLOP/s", 0),
-        ("note", "note", 0),
+        ("first_step_s", "first step s", 2), ("note", "note", 0),
     ]  # fmt: skip
     t = table.copy()
     t["HxW"] = t.height.astype(str) + "x" + t.width.astype(str)
@@ -326,7 +365,9 @@ def markdown(table: pd.DataFrame, device_type: str, machine: str) -> str:
         "",
         f"Machine: {machine}; measured {date}. One `Updater.step` (forward, the method's "
         "gradients, Adam) on a random batch resident on the device; median over the timed steps. "
-        "MFU = FLOPs of one EW step (FlopCounterMode) / step time / peak; `+cl` = channels_last. "
+        "MFU = FLOPs of one EW step (FlopCounterMode) / step time / peak; `+cl` = channels_last, "
+        "`+fused` = fused Adam, `+cudnnbench` = cuDNN autotuner, `+compile` = torch.compile "
+        "(its compilation is in `first step s`). "
         f"`{FLOOR}` = forward + the per-task Jacobian of the shared parameters only (what every "
         "gradient method must compute); `x floor` = step time / that row's.",
         "",
@@ -351,6 +392,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=["ew"], choices=[*METHODS, FLOOR])
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (the trainer's bf16)")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--fused", action="store_true", help="fused Adam (fused_optimizer)")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="cuDNN autotuner (the trainer's cudnn_benchmark)")  # fmt: skip
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile encoder and heads (the trainer's compile); the "
+                        "first step, with the compilation, is the first_step_s column")  # fmt: skip
     parser.add_argument(
         "--steps",
         type=int,

@@ -23,12 +23,13 @@ Conventions
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -51,13 +52,16 @@ from mtl_paradigms.tasks import Task, metric_directions
 from mtl_paradigms.updates import StepOutput, Updater, make_updater, task_losses, training_step
 
 __all__ = [
-    "CHECKPOINT", "HISTORY", "METRICS", "StepOutput", "TrainSettings", "evaluate",
-    "make_optimizer", "task_losses", "train", "training_step",
+    "CHECKPOINT", "HISTORY", "METRICS", "StepOutput", "TrainSettings", "batched_jacobian",
+    "compile_model", "evaluate", "make_optimizer", "speed_flags", "task_losses", "train",
+    "training_step",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+COMPILED_GRAPHS = 256
+"""With ``compile``: graphs torch.compile may keep per code object (``recompile_limit``)."""
 METRICS = "metrics.json"
 HISTORY = "history.csv"
 
@@ -74,6 +78,14 @@ class TrainSettings:
     ``label`` is the name the run is tabulated under (default: the method's;
     ``fixed_from_<method>`` for fixed weights taken from another run). Adam's betas/eps and
     SGD's momentum are not stated in the paper; (0.9, 0.999), 1e-8 and 0.9 are the usual values.
+
+    Speed switches, all off by default (the default path is the one tested for determinism):
+    ``fused_optimizer`` uses torch's fused Adam / SGD kernels (same update, other rounding);
+    ``cudnn_benchmark`` lets cuDNN time its convolution algorithms for the run's shapes (CUDA
+    only; the choice, and so the rounding, may differ between runs); ``compile`` compiles the
+    encoder and each head with ``torch.compile`` (:func:`compile_model`; the first steps pay the
+    compilation, and gradient methods take their per-task gradients with the loop, since the
+    batched Jacobian does not run through a compiled graph).
     """
 
     dataset: Literal["nyuv2", "cityscapes", "celeba"] = "nyuv2"
@@ -106,8 +118,27 @@ class TrainSettings:
     bf16: bool = False
     channels_last: bool = False
     task_jacobian: Literal["auto", "loop", "batched"] = "auto"
+    fused_optimizer: bool = False
+    cudnn_benchmark: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        if self.fused_optimizer and self.optimizer == "signsgd":
+            raise SettingsError(
+                "train.fused_optimizer: torch has fused Adam and SGD kernels, not signSGD's; "
+                "set it to false for optimizer 'signsgd'"
+            )
+        if self.compile and self.task_jacobian == "batched":
+            raise SettingsError(
+                "train.compile: the batched task Jacobian (is_grads_batched) does not run "
+                "through a compiled graph; use task_jacobian 'auto' or 'loop' with compile"
+            )
+        if self.compile and self.method == "auto_lambda":
+            raise SettingsError(
+                "train.compile: auto_lambda evaluates the model with substituted parameters "
+                "(torch.func.functional_call), which a compiled model would recompile at every "
+                "step; set compile to false for it"
+            )
         for name in ("lr", "weight_decay", "lr_gamma", "width"):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise SettingsError(f"train.{name} must be a finite non-negative number")
@@ -152,22 +183,69 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def batched_jacobian(settings: TrainSettings, device: torch.device) -> bool:
+    """Whether gradient methods take the per-task Jacobian in one batched backward:
+    ``task_jacobian`` ``batched``, or ``auto`` on CUDA without ``compile``."""
+    if settings.task_jacobian == "auto":
+        return device.type == "cuda" and not settings.compile
+    return settings.task_jacobian == "batched"
+
+
 def make_optimizer(
     settings: TrainSettings, params: Sequence[nn.Parameter]
 ) -> torch.optim.Optimizer:
+    # fused=None leaves torch's default (the foreach kernels on CUDA); True, its fused kernels.
+    fused = True if settings.fused_optimizer else None
     if settings.optimizer == "adam":
         betas = (settings.adam_betas[0], settings.adam_betas[1])
         return torch.optim.Adam(
             params, lr=settings.lr, betas=betas, eps=settings.adam_eps,
-            weight_decay=settings.weight_decay,
+            weight_decay=settings.weight_decay, fused=fused,
         )  # fmt: skip
     if settings.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-        )
+            params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay,
+            fused=fused,
+        )  # fmt: skip
     return SignSGD(
         params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
+
+
+def compile_model(model: MultiTaskModel) -> None:
+    """Compile the encoder and every head in place (``nn.Module.compile``, torch.compile's
+    default mode), so that both the weightings' ``model(x)`` and the gradient methods'
+    ``representation`` / ``heads_forward`` run compiled, and parameter names (checkpoints) stay
+    the same. Compilation happens at the first calls (again for evaluation mode and for a new
+    batch size). Run under :func:`speed_flags`, which keeps the compiled backward's buffers for
+    the per-task gradients (``retain_graph``)."""
+    model.encoder.compile()
+    for head in model.heads.values():
+        head.compile()
+
+
+@contextlib.contextmanager
+def speed_flags(settings: TrainSettings) -> Iterator[None]:
+    """The process-wide switches of a run, restored afterwards: cuDNN's autotuner
+    (``cudnn_benchmark``) and, with ``compile``: torch.compile's backward without donated
+    buffers (a donated buffer is freed after the first backward, which breaks the second
+    backward through the same graph that per-task gradients need), and room for
+    ``COMPILED_GRAPHS`` graphs per code object (every head is its own graph, again in
+    evaluation mode and for a last, smaller batch; past the limit torch would fall back to eager
+    without an error)."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or settings.cudnn_benchmark
+    try:
+        with contextlib.ExitStack() as stack:
+            if settings.compile:
+                import torch._dynamo.config as dynamo_config
+                import torch._functorch.config as functorch_config
+
+                stack.enter_context(functorch_config.patch(donated_buffer=False))
+                stack.enter_context(dynamo_config.patch(recompile_limit=COMPILED_GRAPHS))
+            yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 @torch.no_grad()
@@ -269,6 +347,23 @@ def train(
     writing the final results (used to test resumption; a killed run behaves the same way).
     ``callbacks`` observe the run (:class:`TrainCallback`); their state is checkpointed.
     """
+    if settings.compile and callbacks:
+        raise SettingsError(
+            "train.compile: callbacks (gradient statistics) hook the encoder's layers, which a "
+            "compiled encoder would recompile around; set compile to false for these runs"
+        )
+    with speed_flags(settings):
+        return _train(settings, out_dir, baseline, progress, stop_after_epochs, callbacks)
+
+
+def _train(
+    settings: TrainSettings,
+    out_dir: str | os.PathLike[str],
+    baseline: Mapping[str, Mapping[str, float]] | None,
+    progress: bool | None,
+    stop_after_epochs: int | None,
+    callbacks: Sequence[TrainCallback],
+) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if settings.selection == "delta_m" and baseline is None:
@@ -294,6 +389,8 @@ def train(
     method = make_method(settings.method, settings.method_params)
     extra_params = method.bind(len(tasks), device)
     method.attach(model)
+    if settings.compile:
+        compile_model(model)
     generator = torch.Generator().manual_seed(settings.seed + 1)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
     updater = make_updater(
@@ -302,8 +399,7 @@ def train(
         optimizer_name=settings.optimizer, lr=settings.lr, adam_betas=settings.adam_betas,
         adam_eps=settings.adam_eps, weight_decay=settings.weight_decay, generator=generator,
         val_batch=_batch_sampler(val_split, tasks, settings.batch_size, generator),
-        batched_jacobian=settings.task_jacobian == "batched"
-        or (settings.task_jacobian == "auto" and device.type == "cuda"),
+        batched_jacobian=batched_jacobian(settings, device),
     )  # fmt: skip
     schedulers = [
         torch.optim.lr_scheduler.StepLR(
