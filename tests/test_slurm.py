@@ -14,7 +14,7 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -48,10 +48,13 @@ def test_every_rule_runs_locally_or_asks_the_cluster_for_its_resources() -> None
     assert rules == local | GPU_RULES | CPU_RULES, "a rule with no place on a cluster"
 
 
-def dry_run_resources(workdir: Path, *args: str) -> dict[str, list[str]]:
-    """rule name -> the `resources:` line of each of its jobs, from a dry run with the profile."""
+def dry_run_resources(
+    workdir: Path, *args: str, profile: Sequence[str] = PROFILE
+) -> dict[str, list[str]]:
+    """rule name -> the `resources:` line of each of its jobs, from a dry run with ``profile``
+    (default: the SLURM profile)."""
     proc = subprocess.run(
-        [str(BIN / "snakemake"), "-n", *PROFILE, *args],
+        [str(BIN / "snakemake"), "-n", *profile, *args],
         cwd=workdir, env=env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -101,6 +104,19 @@ def test_gpu_zero_switches_the_gpu_request_off(tmp_path: Path) -> None:
         assert "slurm_partition=gpu" in res
         assert "gpu=" not in res.replace("group_slot", "")
         assert "gpu_model" not in res
+
+
+def test_gpu_runs_take_a_gpu_slot_so_that_a_local_run_can_share_one_gpu(tmp_path: Path) -> None:
+    # `--resources gpu_slot=N` (README, "Several runs on one GPU") limits what carries a slot:
+    # every GPU-capable run, and nothing else.
+    workdir = copy_workflow(tmp_path)
+    found = dry_run_resources(
+        workdir, "--cores", "4", "--configfile", TINY, "--resources", "gpu_slot=2", profile=[]
+    )
+    assert set(found) & GPU_RULES == GPU_RULES
+    for rule, lines in found.items():
+        for res in lines:
+            assert ("gpu_slot=1" in res) == (rule in GPU_RULES), (rule, res)
 
 
 # ---- a real SLURM ------------------------------------------------------------------------

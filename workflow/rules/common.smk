@@ -380,7 +380,11 @@ def cluster_resources(kind):
     """The `resources:` of a job submitted to a cluster: config["cluster"][kind] ("gpu_jobs"
     or "cpu_jobs") in the resource names of snakemake-executor-plugin-slurm. Empty values and
     a GPU model without a GPU are left out, so the cluster's defaults apply. Local runs
-    ignore these resources (none of them is limited there)."""
+    ignore these resources (none of them is limited there).
+
+    Every GPU-capable job also takes one `gpu_slot`, for local runs on one GPU:
+    `snakemake --resources gpu_slot=N` runs at most N of them at once, so that N small runs
+    share the GPU (unlimited without it, as on a CPU-only machine)."""
     cluster = config.get("cluster", {})
     values = dict(cluster.get(kind, {}))
     if not values.get("gpu"):
@@ -396,4 +400,6 @@ def cluster_resources(kind):
     # Grouped jobs run one after another in their cluster job; one slot per group job
     # (workflow/profiles/slurm) makes Snakemake size the group job for that.
     resources["group_slot"] = 1
+    if kind == "gpu_jobs":
+        resources["gpu_slot"] = 1
     return resources
