@@ -217,19 +217,28 @@ def test_a_killed_process_resumes_to_the_same_metrics(
     assert resumed["epochs_run"] == 4
 
 
+SWITCHES = {"fused_optimizer": True, "cudnn_benchmark": True, "compile": True}
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("method", ["ew", "uwo", "pcgrad"])
+@pytest.mark.parametrize(
+    ("method", "switches"),
+    [("ew", {}), ("uwo", {}), ("pcgrad", {}), ("ew", SWITCHES), ("pcgrad", SWITCHES)],
+    ids=["ew", "uwo", "pcgrad", "ew-switches", "pcgrad-switches"],
+)
 def test_the_gpu_path_agrees_with_the_cpu_path(
-    data_dir: Path, baseline: dict, tmp_path: Path, method: str
+    data_dir: Path, baseline: dict, tmp_path: Path, method: str, switches: dict
 ) -> None:
     # The same config and seed on CUDA (cuDNN's TF32 default, and for PCGrad the batched task
     # Jacobian) and on the CPU (per-task loop): the same data order and augmentations (drawn on
     # the CPU), the same initial weights; only floating-point rounding differs. Tolerance (README,
     # "Performance"): per-epoch training losses within 2 %, every validation and test metric of
-    # every epoch within 5 % or 0.02, over three epochs of a tiny SegNet.
+    # every epoch within 5 % or 0.02, over three epochs of a tiny SegNet. With the speed
+    # switches (fused Adam, cuDNN autotuning, torch.compile) on the GPU side only: the same.
     train(mtl(data_dir, method=method), tmp_path / "cpu", baseline=baseline)
-    train(mtl(data_dir, method=method, device="cuda"), tmp_path / "gpu", baseline=baseline)
+    gpu_run = mtl(data_dir, method=method, device="cuda", **switches)
+    train(gpu_run, tmp_path / "gpu", baseline=baseline)
     cpu = pd.read_csv(tmp_path / "cpu" / HISTORY).drop(columns="seconds")
     gpu = pd.read_csv(tmp_path / "gpu" / HISTORY).drop(columns="seconds")
     assert list(cpu.columns) == list(gpu.columns)

@@ -117,16 +117,24 @@ def augment_batch(
     u_row = torch.rand(b, generator=generator, device=gen_device, dtype=torch.float64)
     u_col = torch.rand(b, generator=generator, device=gen_device, dtype=torch.float64)
     flip_draw = torch.rand(b, generator=generator, device=gen_device)
-    scale_idx, u_row, u_col = scale_idx.to(device), u_row.to(device), u_col.to(device)
-    flipped = (
-        (flip_draw < 0.5).to(device) if flip else torch.zeros(b, dtype=torch.bool, device=device)
-    )
 
-    # Crop sizes exactly as MTAN: int(H / s), int(W / s).
-    crop_h = torch.tensor([int(h / s) for s in scale_values], device=device)[scale_idx]
-    crop_w = torch.tensor([int(w / s) for s in scale_values], device=device)[scale_idx]
+    # Per-sample parameters, computed beside the draws. Crop sizes exactly as MTAN:
+    # int(H / s), int(W / s).
+    crop_h = torch.tensor([int(h / s) for s in scale_values], device=gen_device)[scale_idx]
+    crop_w = torch.tensor([int(w / s) for s in scale_values], device=gen_device)[scale_idx]
     top = (u_row * (h - crop_h + 1)).floor().long().clamp_(max=h - crop_h)
     left = (u_col * (w - crop_w + 1)).floor().long().clamp_(max=w - crop_w)
+    flips = (flip_draw < 0.5) if flip else torch.zeros(b, dtype=torch.bool, device=gen_device)
+    scale = torch.tensor(scale_values, device=gen_device, dtype=torch.float64)[scale_idx]
+    # One transfer to the batch's device (float64 holds these integers exactly). From a CPU
+    # generator to a GPU batch it is one host-to-device copy without a stream synchronisation
+    # (non_blocking: the host buffer is staged before the call returns), where a copy per
+    # parameter would each wait for the GPU to finish the previous step.
+    params = torch.stack([crop_h.double(), crop_w.double(), top.double(), left.double(),
+                          flips.double(), scale])  # fmt: skip
+    params = params.to(device, non_blocking=True)
+    crop_h, crop_w, top, left = (params[i].long() for i in range(4))
+    flipped, scale = params[4] > 0.5, params[5]
 
     ys = torch.arange(h, device=device)
     xs = torch.arange(w, device=device)
@@ -142,7 +150,6 @@ def augment_batch(
     col_src = left[:, None].float() + _corner_aligned(xs, crop_w, w)
     out_images = _bilinear_crop(images, row_src, col_src, col_order)
 
-    scale = torch.tensor(scale_values, device=device, dtype=torch.float64)[scale_idx]
     out_targets: dict[str, Tensor] = {}
     for key, target in targets.items():
         as_4d = target[:, None] if target.ndim == 3 else target
