@@ -68,7 +68,9 @@ class PCGrad(WeightedAggregator):
         num_tasks = grads.shape[-2]
         coef = torch.eye(num_tasks, dtype=gram.dtype, device=gram.device).expand_as(gram).clone()
         if num_tasks > 1:
-            orders = torch.tensor(self.projection_orders(num_tasks), device=gram.device)
+            # drawn on the CPU; one copy that does not wait for the GPU (no host sync)
+            orders = torch.tensor(self.projection_orders(num_tasks))
+            orders = orders.to(gram.device, non_blocking=True)
             sq_norms = torch.diagonal(gram, dim1=-2, dim2=-1)  # (*batch, T)
             rows = torch.arange(num_tasks, device=gram.device)
             tiny = torch.finfo(gram.dtype).tiny

@@ -47,7 +47,9 @@ class FixedWeights(Weighting):
             raise ValueError(
                 f"fixed weights: {len(self.task_weights)} weights for {losses.shape[-1]} tasks"
             )
-        w = torch.tensor(self.task_weights, dtype=losses.dtype, device=losses.device)
+        # (a copy to a GPU that does not wait for it: no host sync per step)
+        w = torch.tensor(self.task_weights, dtype=losses.dtype)
+        w = w.to(losses.device, non_blocking=True)
         return w.expand_as(losses)
 
 
