@@ -52,15 +52,6 @@ def task_losses(
     return torch.stack([task.loss(preds[name], batch[name]) for name, task in tasks.items()])
 
 
-def _flat_grads(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor:
-    return torch.cat(
-        [
-            (g if g is not None else torch.zeros_like(p)).reshape(-1)
-            for g, p in zip(grads, params, strict=True)
-        ]
-    )
-
-
 def _assign_flat(params: Sequence[nn.Parameter], flat: Tensor) -> None:
     offset = 0
     for p in params:
@@ -99,14 +90,19 @@ def task_jacobian(losses: Tensor, wrt: Sequence[Tensor], batched: bool = False) 
             ],
             dim=1,
         )
-    return torch.stack(
-        [
-            _flat_grads(
-                torch.autograd.grad(losses[t], wrt, retain_graph=True, allow_unused=True), wrt
-            )
-            for t in range(num_tasks)
-        ]
-    )
+    # One preallocated (T, D) buffer; each task's gradients are concatenated into its row.
+    size = sum(p.numel() for p in wrt)
+    out = torch.empty((num_tasks, size), dtype=losses.dtype, device=losses.device)
+    for t in range(num_tasks):
+        grads = torch.autograd.grad(losses[t], wrt, retain_graph=True, allow_unused=True)
+        torch.cat(
+            [
+                (g if g is not None else torch.zeros_like(p)).reshape(-1).to(out.dtype)
+                for g, p in zip(grads, wrt, strict=True)
+            ],
+            out=out[t],
+        )
+    return out
 
 
 def training_step(

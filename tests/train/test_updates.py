@@ -19,6 +19,7 @@ from mtl_paradigms.updates import (
     JointUpdater,
     PathLength,
     make_updater,
+    task_jacobian,
     training_step,
 )
 
@@ -206,3 +207,24 @@ def test_batched_task_jacobian_gives_the_loop_s_gradients(name: str) -> None:
         grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
     scale = grads[0].abs().max().item()
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_task_jacobian_rows_are_each_task_s_gradients_with_zeros_where_unused(
+    batched: bool,
+) -> None:
+    # Task 0 uses a and b, task 1 only b, task 2 only c: rows in the order of the losses,
+    # parameters flattened and concatenated in the order given, zeros where a task does not
+    # reach a parameter.
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(2, 3, generator=gen, requires_grad=True)
+    b = torch.randn(4, generator=gen, requires_grad=True)
+    c = torch.randn(1, generator=gen, requires_grad=True)
+    losses = torch.stack([(a**2).sum() * b.sum(), b.pow(3).sum(), 2 * c.sum()])
+    jac = task_jacobian(losses, [a, b, c], batched=batched)
+    expected = torch.zeros(3, 11)
+    expected[0, :6] = (2 * a * b.sum()).detach().reshape(-1)
+    expected[0, 6:10] = (a**2).sum().detach()
+    expected[1, 6:10] = (3 * b**2).detach()
+    expected[2, 10] = 2.0
+    torch.testing.assert_close(jac, expected)
