@@ -168,6 +168,23 @@ def _cagrad_problem(grads: torch.Tensor, c: float):
     return gram, b, c * b.mean(-1).clamp_min(0).sqrt()
 
 
+def _assert_certified_optimum(
+    w: torch.Tensor, optimal: torch.Tensor, gram: torch.Tensor, b: torch.Tensor,
+    k: torch.Tensor, gen: torch.Generator,
+) -> None:  # fmt: skip
+    """``w`` (``(batch, T)``) is certified, on the simplex, no worse than the iterative solver
+    and than 200 random points of the simplex."""
+    assert bool(optimal.all())
+    assert torch.all(w >= 0)
+    torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[0], dtype=torch.float64))
+    found = _cagrad_objective(w, gram, b, k)
+    iterative = _cagrad_objective(_cagrad_iterative(gram, b, k), gram, b, k)
+    assert torch.all(found <= iterative + 1e-10 * gram.abs().amax((-2, -1)))
+    shape = (200, 1, w.shape[-1])
+    points = project_to_simplex(torch.randn(*shape, generator=gen, dtype=torch.float64))
+    assert torch.all(found <= _cagrad_objective(points, gram, b, k) + 1e-12)
+
+
 @given(seed=SEEDS, tasks=st.integers(3, 8), extra=st.integers(0, 6), c=st.floats(0.05, 2.0))
 @settings(max_examples=40, deadline=None)
 def test_cagrad_support_enumeration_is_certified_and_beats_the_iterative_solver(
@@ -178,17 +195,7 @@ def test_cagrad_support_enumeration_is_certified_and_beats_the_iterative_solver(
     grads = sample_matrix(seed, batch=3, tasks=tasks, dim=tasks + extra)
     gram, b, k = _cagrad_problem(grads, c)
     w, optimal = _cagrad_by_supports(gram, b, k)
-    assert bool(optimal.all())
-    assert torch.all(w >= 0)
-    torch.testing.assert_close(w.sum(-1), torch.ones(3, dtype=torch.float64))
-    reference = _cagrad_iterative(gram, b, k)
-    found = _cagrad_objective(w, gram, b, k)
-    iterative = _cagrad_objective(reference, gram, b, k)
-    assert torch.all(found <= iterative + 1e-10 * gram.abs().amax((-2, -1)))
-    # and no random point of the simplex is better
-    gen = torch.Generator().manual_seed(seed)
-    points = project_to_simplex(torch.randn(200, 1, tasks, generator=gen, dtype=torch.float64))
-    assert torch.all(found <= _cagrad_objective(points, gram, b, k) + 1e-12)
+    _assert_certified_optimum(w, optimal, gram, b, k, torch.Generator().manual_seed(seed))
 
 
 @given(
@@ -211,14 +218,7 @@ def test_cagrad_active_set_beyond_eight_tasks_is_certified_and_beats_the_iterati
     grads = grads + common * torch.randn(2, 1, dim, generator=gen, dtype=torch.float64)
     gram, b, k = _cagrad_problem(grads, c)
     w, optimal = _cagrad_active_set(gram, b, k)
-    assert bool(optimal.all())
-    assert torch.all(w >= 0)
-    torch.testing.assert_close(w.sum(-1), torch.ones(2, dtype=torch.float64))
-    found = _cagrad_objective(w, gram, b, k)
-    iterative = _cagrad_objective(_cagrad_iterative(gram, b, k), gram, b, k)
-    assert torch.all(found <= iterative + 1e-10 * gram.abs().amax((-2, -1)))
-    points = project_to_simplex(torch.randn(200, 1, tasks, generator=gen, dtype=torch.float64))
-    assert torch.all(found <= _cagrad_objective(points, gram, b, k) + 1e-12)
+    _assert_certified_optimum(w, optimal, gram, b, k, gen)
     # what the method returns beyond eight tasks
     torch.testing.assert_close(CAGrad(c=c).task_weights(grads), w, rtol=0, atol=0)
 
