@@ -168,23 +168,25 @@ def _cagrad_iterative(gram: Tensor, b: Tensor, k: Tensor) -> Tensor:
     return w.to(device=gram.device, dtype=gram.dtype)
 
 
-def _cagrad_certified(
-    w: np.ndarray, gram: np.ndarray, b: np.ndarray, k: float, tol: float = 1e-8
-) -> bool:
-    """The first-order optimality certificate of :func:`_cagrad_by_supports`, for one problem."""
-    if np.any(w < 0) or abs(w.sum() - 1.0) > 1e-9:
-        return False
-    gw = gram @ w
-    r2 = float(w @ gw)
-    if k == 0:
-        grad = b
-    elif r2 > 0:
-        grad = b + k * gw / np.sqrt(r2)
-    else:
-        return False
-    if not np.all(np.isfinite(grad)):
-        return False
-    return bool(grad.min() >= w @ grad - tol * (1.0 + np.abs(b).max() + k))
+def _cagrad_certificate(w: Tensor, gram: Tensor, b: Tensor, k: Tensor) -> Tensor:
+    """Whether each ``w`` (``(*batch, T)``, float64, problems scaled as in
+    :func:`_cagrad_by_supports`) is certified optimal: on the simplex, and meeting the
+    first-order optimality condition of a convex function there, ``min_t grad_t >= w^T grad``
+    with ``grad = b + k G w / r`` (``r = sqrt(w^T G w)``; ``grad = b`` for ``k = 0``), to ``1e-8``
+    of the problem's scale. It fails where ``r = 0`` with ``k > 0`` (zero in the hull)."""
+    gw = (gram @ w.unsqueeze(-1)).squeeze(-1)
+    r = (w * gw).sum(-1, keepdim=True).clamp_min(0.0).sqrt()
+    grad = b + torch.where((k == 0).unsqueeze(-1), 0.0, k.unsqueeze(-1) * gw / r)
+    size = b.abs().amax(-1) + k
+    optimal = grad.amin(-1) >= (w * grad).sum(-1) - 1e-8 * (1.0 + size)
+    optimal &= torch.isfinite(grad).all(-1)
+    return optimal & (w >= 0).all(-1) & ((w.sum(-1) - 1.0).abs() <= 1e-9)
+
+
+def _cagrad_certified(w: np.ndarray, gram: np.ndarray, b: np.ndarray, k: float) -> bool:
+    """:func:`_cagrad_certificate` for one problem in NumPy (the active-set search)."""
+    t = torch.from_numpy
+    return bool(_cagrad_certificate(t(w), t(gram), t(b), torch.tensor(k, dtype=torch.float64)))
 
 
 def _cagrad_face(
@@ -319,15 +321,7 @@ def _cagrad_by_supports(gram: Tensor, b: Tensor, k: Tensor) -> tuple[Tensor, Ten
     values = torch.where(valid & torch.isfinite(values), values, torch.inf)
     best = values.argmin(dim=-1)
     w = candidates.gather(-2, best[..., None, None].expand(*best.shape, 1, num)).squeeze(-2)
-    # Certificate: first-order optimality on the simplex.
-    gw = (g @ w.unsqueeze(-1)).squeeze(-1)
-    r = (w * gw).sum(-1, keepdim=True).clamp_min(0.0).sqrt()
-    linear = kk == 0
-    grad = bb + torch.where(linear.unsqueeze(-1), 0.0, kk.unsqueeze(-1) * gw / r)
-    size = bb.abs().amax(-1) + kk
-    optimal = grad.amin(-1) >= (w * grad).sum(-1) - 1e-8 * (1.0 + size)
-    optimal &= torch.isfinite(grad).all(-1)
-    return w.to(dtype), optimal
+    return w.to(dtype), _cagrad_certificate(w, g, bb, kk)
 
 
 def _cagrad_two_task_weights(gram: Tensor, b: Tensor, k: Tensor) -> Tensor:
