@@ -52,18 +52,28 @@ def task_losses(
     return torch.stack([task.loss(preds[name], batch[name]) for name, task in tasks.items()])
 
 
+def _like_param(p: Tensor, grad: Tensor) -> Tensor:
+    """``grad`` in ``p``'s dtype and memory layout (strides), as ``backward()`` would leave it:
+    a flat slice viewed as a channels_last weight has the wrong strides, which fused optimizers
+    refuse on CUDA."""
+    grad = grad.to(p.dtype)
+    if grad.stride() == p.stride():
+        return grad
+    return torch.empty_like(p).copy_(grad)
+
+
 def _assign_flat(params: Sequence[nn.Parameter], flat: Tensor) -> None:
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+        p.grad = _like_param(p, flat[offset : offset + n].view(p.shape))
         offset += n
 
 
 def _assign(params: Sequence[nn.Parameter], grads: Sequence[Tensor | None]) -> None:
     for p, g in zip(params, grads, strict=True):
         if g is not None:
-            p.grad = g if p.grad is None else p.grad + g
+            p.grad = _like_param(p, g if p.grad is None else p.grad + g)
 
 
 def task_jacobian(losses: Tensor, wrt: Sequence[Tensor], batched: bool = False) -> Tensor:
