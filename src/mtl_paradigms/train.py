@@ -80,12 +80,15 @@ class TrainSettings:
     SGD's momentum are not stated in the paper; (0.9, 0.999), 1e-8 and 0.9 are the usual values.
 
     Speed switches, all off by default (the default path is the one tested for determinism):
-    ``fused_optimizer`` uses torch's fused Adam / SGD kernels (same update, other rounding);
+    ``fused_optimizer`` uses torch's fused Adam / SGD kernels (same update, other rounding;
+    signSGD and AdaTask's per-task Adam have none and run as without it, so that one setting
+    serves a whole grid of optimizers);
     ``cudnn_benchmark`` lets cuDNN time its convolution algorithms for the run's shapes (CUDA
     only; the choice, and so the rounding, may differ between runs); ``compile`` compiles the
     encoder and each head with ``torch.compile`` (:func:`compile_model`; the first steps pay the
     compilation, and gradient methods take their per-task gradients with the loop, since the
-    batched Jacobian does not run through a compiled graph).
+    batched Jacobian does not run through a compiled graph); ``compile_mode``
+    ``reduce-overhead`` also replays the compiled graphs as CUDA graphs.
     """
 
     dataset: Literal["nyuv2", "cityscapes", "celeba"] = "nyuv2"
@@ -121,12 +124,12 @@ class TrainSettings:
     fused_optimizer: bool = False
     cudnn_benchmark: bool = False
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead"] = "default"
 
     def __post_init__(self) -> None:
-        if self.fused_optimizer and self.optimizer == "signsgd":
+        if self.compile_mode != "default" and not self.compile:
             raise SettingsError(
-                "train.fused_optimizer: torch has fused Adam and SGD kernels, not signSGD's; "
-                "set it to false for optimizer 'signsgd'"
+                f"train.compile_mode {self.compile_mode!r} applies only with compile: true"
             )
         if self.compile and self.task_jacobian == "batched":
             raise SettingsError(
@@ -207,21 +210,23 @@ def make_optimizer(
             params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay,
             fused=fused,
         )  # fmt: skip
+    if settings.fused_optimizer:
+        log.info("fused_optimizer: signSGD has no fused kernel; its own update runs")
     return SignSGD(
         params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
 
 
-def compile_model(model: MultiTaskModel) -> None:
-    """Compile the encoder and every head in place (``nn.Module.compile``, torch.compile's
-    default mode), so that both the weightings' ``model(x)`` and the gradient methods'
+def compile_model(model: MultiTaskModel, mode: str = "default") -> None:
+    """Compile the encoder and every head in place (``nn.Module.compile`` in torch.compile's
+    ``mode``), so that both the weightings' ``model(x)`` and the gradient methods'
     ``representation`` / ``heads_forward`` run compiled, and parameter names (checkpoints) stay
     the same. Compilation happens at the first calls (again for evaluation mode and for a new
     batch size). Run under :func:`speed_flags`, which keeps the compiled backward's buffers for
     the per-task gradients (``retain_graph``)."""
-    model.encoder.compile()
+    model.encoder.compile(mode=mode)
     for head in model.heads.values():
-        head.compile()
+        head.compile(mode=mode)
 
 
 @contextlib.contextmanager
@@ -390,7 +395,7 @@ def _train(
     extra_params = method.bind(len(tasks), device)
     method.attach(model)
     if settings.compile:
-        compile_model(model)
+        compile_model(model, settings.compile_mode)
     generator = torch.Generator().manual_seed(settings.seed + 1)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
     updater = make_updater(

@@ -69,9 +69,24 @@ def test_fused_optimizer_takes_the_same_step(optimizer: str) -> None:
     torch.testing.assert_close(params[1] - origin, moved, rtol=1e-4, atol=1e-6 * lr)
 
 
+def test_signsgd_has_no_fused_kernel_and_takes_its_own_step_with_fused_optimizer() -> None:
+    # One grid-wide fused_optimizer must not break the grid's signSGD runs.
+    steps = []
+    for fused in (False, True):
+        settings = TrainSettings(optimizer="signsgd", fused_optimizer=fused, lr=0.1)
+        param = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+        opt = make_optimizer(settings, [param])
+        assert type(opt).__name__ == "SignSGD"
+        param.grad = torch.tensor([0.5, -0.25, 0.0])
+        opt.step()
+        steps.append(param.detach().clone())
+    torch.testing.assert_close(steps[1], steps[0])
+    assert not torch.equal(steps[0], torch.tensor([1.0, -2.0, 3.0]))
+
+
 def test_switches_that_cannot_apply_are_refused_by_name() -> None:
-    with pytest.raises(SettingsError, match=r"fused_optimizer.*signsgd"):
-        TrainSettings(optimizer="signsgd", fused_optimizer=True)
+    with pytest.raises(SettingsError, match=r"compile_mode.*compile: true"):
+        TrainSettings(compile_mode="reduce-overhead")
     with pytest.raises(SettingsError, match=r"compile.*batched"):
         TrainSettings(compile=True, task_jacobian="batched")
     with pytest.raises(SettingsError, match=r"compile.*auto_lambda"):

@@ -218,14 +218,35 @@ def test_a_killed_process_resumes_to_the_same_metrics(
 
 
 SWITCHES = {"fused_optimizer": True, "cudnn_benchmark": True, "compile": True}
+CUDA_GRAPHS = {**SWITCHES, "compile_mode": "reduce-overhead"}
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize(
     ("method", "switches"),
-    [("ew", {}), ("uwo", {}), ("pcgrad", {}), ("ew", SWITCHES), ("pcgrad", SWITCHES)],
-    ids=["ew", "uwo", "pcgrad", "ew-switches", "pcgrad-switches"],
+    [
+        ("ew", {}),
+        ("uwo", {}),
+        ("pcgrad", {}),
+        ("ew", SWITCHES),
+        ("pcgrad", SWITCHES),
+        ("ew", CUDA_GRAPHS),
+        ("pcgrad", CUDA_GRAPHS),
+        ("adatask", CUDA_GRAPHS),
+        ("mtl_io", CUDA_GRAPHS),
+    ],
+    ids=[
+        "ew",
+        "uwo",
+        "pcgrad",
+        "ew-switches",
+        "pcgrad-switches",
+        "ew-cudagraphs",
+        "pcgrad-cudagraphs",
+        "adatask-cudagraphs",
+        "mtl_io-cudagraphs",
+    ],
 )
 def test_the_gpu_path_agrees_with_the_cpu_path(
     data_dir: Path, baseline: dict, tmp_path: Path, method: str, switches: dict
@@ -235,7 +256,8 @@ def test_the_gpu_path_agrees_with_the_cpu_path(
     # the CPU), the same initial weights; only floating-point rounding differs. Tolerance (README,
     # "Performance"): per-epoch training losses within 2 %, every validation and test metric of
     # every epoch within 5 % or 0.02, over three epochs of a tiny SegNet. With the speed
-    # switches (fused Adam, cuDNN autotuning, torch.compile) on the GPU side only: the same.
+    # switches (fused Adam, cuDNN autotuning, torch.compile, also in mode reduce-overhead: CUDA
+    # graphs) on the GPU side only: the same.
     train(mtl(data_dir, method=method), tmp_path / "cpu", baseline=baseline)
     gpu_run = mtl(data_dir, method=method, device="cuda", **switches)
     train(gpu_run, tmp_path / "gpu", baseline=baseline)
