@@ -40,6 +40,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -155,10 +156,10 @@ def random_batch(
 
 
 def train_settings(
-    setting: Setting, method_name: str, bf16: bool, channels_last: bool, **switches: bool
+    setting: Setting, method_name: str, bf16: bool, channels_last: bool, **switches: Any
 ) -> TrainSettings:
     """The trainer's settings for ``setting``; ``switches``: ``fused_optimizer``,
-    ``cudnn_benchmark``, ``compile``."""
+    ``cudnn_benchmark``, ``compile``, ``compile_mode``."""
     return TrainSettings(
         dataset=setting.dataset, arch=setting.arch, method=method_name,  # type: ignore[arg-type]
         batch_size=setting.batch, bf16=bf16, channels_last=channels_last,
@@ -184,7 +185,7 @@ def build_updater(
     extra = method.bind(len(tasks), device)
     method.attach(model)
     if settings.compile:
-        compile_model(model)
+        compile_model(model, settings.compile_mode)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
     updater = make_updater(
         model, tasks, method, extra, autocast, lambda params: make_optimizer(settings, params),
@@ -251,7 +252,9 @@ def measure(args: argparse.Namespace) -> list[Row]:
         ("bf16" if args.bf16 else "fp32")
         + ("+cl" if args.channels_last else "")
         + "".join(f"+{SWITCH_LABELS[k]}" for k, on in switches.items() if on)
+        + ("-ro" if args.compile_mode == "reduce-overhead" else "")
     )
+    extra = {"compile_mode": args.compile_mode}
     peak = args.peak_tflops
     if peak is None and device.type == "cuda":
         # fp32 convolutions run on TF32 tensor cores where cuDNN allows it (torch's default).
@@ -278,7 +281,7 @@ def measure(args: argparse.Namespace) -> list[Row]:
             try:
                 settings = train_settings(
                     setting, "ew" if method_name == FLOOR else method_name, args.bf16,
-                    args.channels_last, **switches,
+                    args.channels_last, **switches, **extra,
                 )  # fmt: skip
                 stack.enter_context(speed_flags(settings))
                 updater, tasks = build_updater(setting, settings, device)
@@ -367,7 +370,7 @@ def markdown(table: pd.DataFrame, device_type: str, machine: str) -> str:
         "gradients, Adam) on a random batch resident on the device; median over the timed steps. "
         "MFU = FLOPs of one EW step (FlopCounterMode) / step time / peak; `+cl` = channels_last, "
         "`+fused` = fused Adam, `+cudnnbench` = cuDNN autotuner, `+compile` = torch.compile "
-        "(its compilation is in `first step s`). "
+        "(its compilation is in `first step s`; `-ro`: mode reduce-overhead, CUDA graphs). "
         f"`{FLOOR}` = forward + the per-task Jacobian of the shared parameters only (what every "
         "gradient method must compute); `x floor` = step time / that row's.",
         "",
@@ -398,6 +401,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile encoder and heads (the trainer's compile); the "
                         "first step, with the compilation, is the first_step_s column")  # fmt: skip
+    parser.add_argument("--compile-mode", choices=["default", "reduce-overhead"],
+                        default="default", help="with --compile: torch.compile's mode "
+                        "(reduce-overhead: CUDA graphs; the variant gets '-ro')")  # fmt: skip
     parser.add_argument(
         "--steps",
         type=int,
