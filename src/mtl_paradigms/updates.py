@@ -84,35 +84,70 @@ def task_jacobian(losses: Tensor, wrt: Sequence[Tensor], batched: bool = False) 
     (``is_grads_batched``), which an H100 runs about 5x faster at 40 tasks but a CPU no faster
     (``benchmarks/methods.py``). The two agree up to floating-point summation order.
     """
+    return task_gradients(losses, wrt, (), batched)[0]
+
+
+#: Per-task gradients of one tensor: stacked ``(T, *shape)`` (batched backward), or one entry
+#: per task, ``None`` where that task's loss does not reach it (per-task loop).
+PerTask = Tensor | list[Tensor | None] | None
+
+
+def task_gradients(
+    losses: Tensor, wrt: Sequence[Tensor], extra: Sequence[Tensor], batched: bool = False
+) -> tuple[Tensor, list[PerTask]]:
+    """:func:`task_jacobian` of ``wrt``, and from the same backward passes each task's
+    gradients of the ``extra`` tensors (the heads and a method's own parameters, which the
+    passes traverse anyway), to be combined by :func:`weighted_sum`."""
     num_tasks = losses.shape[0]
+    inputs = [*wrt, *extra]
     if batched and num_tasks > 1:
         eye = torch.eye(num_tasks, dtype=losses.dtype, device=losses.device)
         grads = torch.autograd.grad(
-            losses, wrt, grad_outputs=eye, retain_graph=True, allow_unused=True,
+            losses, inputs, grad_outputs=eye, retain_graph=True, allow_unused=True,
             is_grads_batched=True,
         )  # fmt: skip
-        return torch.cat(
+        jacobian = torch.cat(
             [
                 (g if g is not None else torch.zeros((num_tasks, *p.shape), device=p.device))
                 .reshape(num_tasks, -1)
                 .to(losses.dtype)
-                for g, p in zip(grads, wrt, strict=True)
+                for g, p in zip(grads[: len(wrt)], wrt, strict=True)
             ],
             dim=1,
         )
+        return jacobian, list(grads[len(wrt) :])
     # One preallocated (T, D) buffer; each task's gradients are concatenated into its row.
     size = sum(p.numel() for p in wrt)
-    out = torch.empty((num_tasks, size), dtype=losses.dtype, device=losses.device)
+    jacobian = torch.empty((num_tasks, size), dtype=losses.dtype, device=losses.device)
+    per_task: list[list[Tensor | None]] = [[] for _ in extra]
     for t in range(num_tasks):
-        grads = torch.autograd.grad(losses[t], wrt, retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(losses[t], inputs, retain_graph=True, allow_unused=True)
         torch.cat(
             [
-                (g if g is not None else torch.zeros_like(p)).reshape(-1).to(out.dtype)
-                for g, p in zip(grads, wrt, strict=True)
+                (g if g is not None else torch.zeros_like(p)).reshape(-1).to(jacobian.dtype)
+                for g, p in zip(grads[: len(wrt)], wrt, strict=True)
             ],
-            out=out[t],
+            out=jacobian[t],
         )
-    return out
+        for column, g in zip(per_task, grads[len(wrt) :], strict=True):
+            column.append(g)
+    return jacobian, list(per_task)
+
+
+def weighted_sum(grads: PerTask, weights: Tensor) -> Tensor | None:
+    """``sum_t weights[t] * grads[t]`` of one tensor's per-task gradients (from
+    :func:`task_gradients`); ``None`` where no task reaches it."""
+    if grads is None:
+        return None
+    if isinstance(grads, Tensor):
+        return torch.tensordot(weights.to(grads.dtype), grads, dims=1)
+    terms = [g * weights[t].to(g.dtype) for t, g in enumerate(grads) if g is not None]
+    if not terms:
+        return None
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
 
 
 def training_step(
@@ -147,20 +182,21 @@ def training_step(
             method.observe_representation(z.detach())
         transformed = method.transform_losses(losses)
         wrt: Sequence[Tensor] = [z] if method.representation else shared
-        jacobian = task_jacobian(transformed, wrt, batched=batched_jacobian)
+        # The heads' and the method's own gradients come from the same per-task passes: the
+        # gradient of sum_t v_t L'_t is sum_t v_t grad L'_t, with no pass of its own.
+        jacobian, other_grads = task_gradients(transformed, wrt, others, batched_jacobian)
         direction, weights = method.aggregate(jacobian.float())
         if weights is not None and method.weights_heads:
             head_weights = weights.detach().to(transformed.dtype)
         else:
             head_weights = torch.full_like(transformed, 1.0 / num_tasks)
-        head_loss = (head_weights * transformed).sum()
         if method.representation:
             torch.autograd.backward(
                 z, direction.view_as(z).to(z.dtype), retain_graph=True, inputs=list(shared)
             )
         else:
             _assign_flat(shared, direction)
-        _assign(others, torch.autograd.grad(head_loss, others, allow_unused=True))
+        _assign(others, [weighted_sum(g, head_weights) for g in other_grads])
         if weights is None:
             weights = torch.full((num_tasks,), math.nan, device=losses.device)
         return StepOutput(losses.detach(), weights.detach())
@@ -349,11 +385,18 @@ class AdaTaskUpdater(Updater):
         with self.autocast:
             preds = self.model(images)
             losses = task_losses(self.tasks, preds, targets).float()
-        task_grads = [
-            torch.autograd.grad(losses[t], self.shared, retain_graph=True, allow_unused=True)
-            for t in range(num_tasks)
-        ]
-        _assign(self.heads, torch.autograd.grad(losses.mean(), self.heads, allow_unused=True))
+        # Each task's pass gives its shared gradients and, for the heads' (1/T) sum_t grad L_t,
+        # its own head's: no separate pass through the heads.
+        task_grads, head_grads = [], [[] for _ in self.heads]
+        for t in range(num_tasks):
+            grads = torch.autograd.grad(
+                losses[t], [*self.shared, *self.heads], retain_graph=True, allow_unused=True
+            )
+            task_grads.append(grads[: len(self.shared)])
+            for column, g in zip(head_grads, grads[len(self.shared) :], strict=True):
+                column.append(g)
+        uniform = torch.full((num_tasks,), 1.0 / num_tasks, device=losses.device)
+        _assign(self.heads, [weighted_sum(g, uniform) for g in head_grads])
         self.head_optimizer.step()
         self.shared_optimizer.step(task_grads)
         self.path.update()

@@ -20,6 +20,7 @@ from mtl_paradigms.updates import (
     PathLength,
     make_updater,
     task_jacobian,
+    task_losses,
     training_step,
 )
 
@@ -255,3 +256,29 @@ def test_channels_last_gradients_have_the_parameters_layout_and_the_same_values(
     # values in the wrong places would differ by the gradients' own size
     scale = grads[0].abs().max().item()
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-3 * scale)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("name", ["pcgrad", "imtl", "gradnorm", "mgda_ub"])
+def test_heads_and_method_parameters_get_the_gradient_of_the_weighted_transformed_loss(
+    name: str, batched: bool
+) -> None:
+    # They are summed from the per-task passes (no pass of their own); the reference is one
+    # backward of sum_t v_t L'_t with v = 1/T, or the method's weights (weights_heads), on the
+    # same model and batch.
+    tasks, model, images, targets = _problem()
+    method = make_method(name)
+    params = method.bind(len(tasks))
+    out = training_step(model, tasks, method, images, targets, NO_AUTOCAST, params, batched)
+    others = [p for name_ in tasks for p in model.task_parameters(name_)]
+    others += [p for p in params if p.requires_grad]
+    got = [None if p.grad is None else p.grad.clone() for p in others]
+    transformed = method.transform_losses(task_losses(tasks, model(images), targets))
+    v = out.weights if method.weights_heads else torch.full((len(tasks),), 1 / len(tasks))
+    expected = torch.autograd.grad((v * transformed).sum(), others, allow_unused=True)
+    reached = [(g, e) for g, e in zip(got, expected, strict=True) if e is not None]
+    assert len(reached) >= len(list(model.heads.parameters()))
+    for g, e in reached:
+        assert g is not None
+        scale = e.abs().max().item() + 1e-12
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5 * scale)
