@@ -184,7 +184,7 @@ def build_updater(
     method = make_method(settings.method, {})
     extra = method.bind(len(tasks), device)
     method.attach(model)
-    if settings.compile:
+    if settings.compiled:
         compile_model(model, settings.compile_mode)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
     updater = make_updater(

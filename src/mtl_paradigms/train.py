@@ -87,8 +87,9 @@ class TrainSettings:
     only; the choice, and so the rounding, may differ between runs); ``compile`` compiles the
     encoder and each head with ``torch.compile`` (:func:`compile_model`; the first steps pay the
     compilation, and gradient methods take their per-task gradients with the loop, since the
-    batched Jacobian does not run through a compiled graph); ``compile_mode``
-    ``reduce-overhead`` also replays the compiled graphs as CUDA graphs.
+    batched Jacobian does not run through a compiled graph; ``auto_lambda`` runs eagerly, see
+    :attr:`compiled`); ``compile_mode`` ``reduce-overhead`` also replays the compiled graphs as
+    CUDA graphs.
     """
 
     dataset: Literal["nyuv2", "cityscapes", "celeba"] = "nyuv2"
@@ -136,29 +137,6 @@ class TrainSettings:
                 "train.compile: the batched task Jacobian (is_grads_batched) does not run "
                 "through a compiled graph; use task_jacobian 'auto' or 'loop' with compile"
             )
-        if self.compile and self.method == "auto_lambda":
-            raise SettingsError(
-                "train.compile: auto_lambda evaluates the model with substituted parameters "
-                "(torch.func.functional_call), which a compiled model would recompile at every "
-                "step; set compile to false for it"
-            )
-        for name in ("lr", "weight_decay", "lr_gamma", "width"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
-                raise SettingsError(f"train.{name} must be a finite non-negative number")
-        if self.lr <= 0:
-            raise SettingsError(f"train.lr must be positive, got {self.lr}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "lr_step_every", "val_size"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"train.{name} must be at least 1, got {getattr(self, name)}")
-        if self.dataset == "celeba":  # tasks are the attributes of the data (data.splits)
-            if self.augment:
-                raise SettingsError("train.augment: the paper trains CelebA without it; use false")
-            return
-        known = list(TASKS[self.dataset])
-        if self.tasks is not None:
-            unknown = [t for t in self.tasks if t not in known]
-            if unknown or not self.tasks:
-                raise SettingsError(f"train.tasks: {self.tasks} not a non-empty subset of {known}")
 
     @property
     def task_names(self) -> list[str]:
@@ -171,6 +149,14 @@ class TrainSettings:
         if self.dataset == "cityscapes" and self.cityscapes_labels == "label_19":
             return 19
         return NUM_CLASSES[self.dataset]
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the model runs compiled: ``compile``, except for ``auto_lambda``, whose meta
+        step evaluates the model with substituted parameters (``torch.func.functional_call``)
+        that a compiled model would recompile at every step. It runs eagerly, so that one
+        ``compile`` serves a whole grid of methods."""
+        return self.compile and self.method != "auto_lambda"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +176,7 @@ def batched_jacobian(settings: TrainSettings, device: torch.device) -> bool:
     """Whether gradient methods take the per-task Jacobian in one batched backward:
     ``task_jacobian`` ``batched``, or ``auto`` on CUDA without ``compile``."""
     if settings.task_jacobian == "auto":
-        return device.type == "cuda" and not settings.compile
+        return device.type == "cuda" and not settings.compiled
     return settings.task_jacobian == "batched"
 
 
@@ -242,7 +228,7 @@ def speed_flags(settings: TrainSettings) -> Iterator[None]:
     torch.backends.cudnn.benchmark = previous or settings.cudnn_benchmark
     try:
         with contextlib.ExitStack() as stack:
-            if settings.compile:
+            if settings.compiled:
                 import torch._dynamo.config as dynamo_config
                 import torch._functorch.config as functorch_config
 
@@ -352,7 +338,7 @@ def train(
     writing the final results (used to test resumption; a killed run behaves the same way).
     ``callbacks`` observe the run (:class:`TrainCallback`); their state is checkpointed.
     """
-    if settings.compile and callbacks:
+    if settings.compiled and callbacks:
         raise SettingsError(
             "train.compile: callbacks (gradient statistics) hook the encoder's layers, which a "
             "compiled encoder would recompile around; set compile to false for these runs"
@@ -394,7 +380,7 @@ def _train(
     method = make_method(settings.method, settings.method_params)
     extra_params = method.bind(len(tasks), device)
     method.attach(model)
-    if settings.compile:
+    if settings.compiled:
         compile_model(model, settings.compile_mode)
     generator = torch.Generator().manual_seed(settings.seed + 1)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)

@@ -89,8 +89,16 @@ def test_switches_that_cannot_apply_are_refused_by_name() -> None:
         TrainSettings(compile_mode="reduce-overhead")
     with pytest.raises(SettingsError, match=r"compile.*batched"):
         TrainSettings(compile=True, task_jacobian="batched")
-    with pytest.raises(SettingsError, match=r"compile.*auto_lambda"):
-        TrainSettings(compile=True, method="auto_lambda")
+
+
+def test_auto_lambda_runs_eagerly_under_compile_so_one_setting_serves_a_grid() -> None:
+    # Its meta step evaluates substituted parameters, which a compiled model would recompile
+    # at every step.
+    cuda = torch.device("cuda")
+    assert TrainSettings(compile=True).compiled
+    assert not TrainSettings(compile=True, method="auto_lambda").compiled
+    assert not TrainSettings(method="pcgrad").compiled
+    assert batched_jacobian(TrainSettings(compile=True, method="auto_lambda"), cuda)
 
 
 def test_compile_with_callbacks_is_refused_before_the_run_starts(tmp_path: Path) -> None:
