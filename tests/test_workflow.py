@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -213,3 +214,34 @@ def test_schema_knows_exactly_the_registered_methods() -> None:
 
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
     assert set(schema["$defs"]["method"]["enum"]) == set(METHODS)
+
+
+def test_gpu_speed_overlay_switches_the_main_runs_and_keeps_every_run_valid(
+    tmp_path: Path,
+) -> None:
+    # workflow/config/gpu-speed.yaml layered over the default: the NYUv2 / Cityscapes runs get
+    # every switch, the gradient-statistics runs all but compile (their hooks refuse it), CelebA
+    # none; every job's settings are accepted by TrainSettings (no run would fail at its start).
+    from mtl_paradigms.settings import from_json
+    from mtl_paradigms.train import TrainSettings
+
+    workdir = copy_workflow(tmp_path)
+    proc = snakemake(workdir, "-n", "-p", "--configfile", "workflow/config/gpu-speed.yaml")
+    runs: dict[str, list[TrainSettings]] = {"main": [], "celeba": [], "gradstats": []}
+    for line in proc.stdout.splitlines():
+        words = shlex.split(line.partition("Shell command: ")[2])
+        if "train" not in words or "mtlp" not in words:
+            continue
+        flag = "--train-settings" if "gradstats" in words else "--settings"
+        settings = from_json(TrainSettings, words[words.index(flag) + 1])
+        kind = "gradstats" if "gradstats" in words else "main"
+        runs["celeba" if settings.dataset == "celeba" else kind].append(settings)
+    assert all(runs.values()), {k: len(v) for k, v in runs.items()}
+    switches = ("bf16", "channels_last", "fused_optimizer", "cudnn_benchmark", "compile")
+    for s in runs["main"]:
+        assert [getattr(s, k) for k in switches] == [True] * 5
+        assert s.compile_mode == "reduce-overhead"
+    for s in runs["gradstats"]:
+        assert [getattr(s, k) for k in switches] == [True, True, True, True, False]
+    for s in runs["celeba"]:
+        assert [getattr(s, k) for k in switches] == [False] * 5
