@@ -182,9 +182,14 @@ def training_step(
             method.observe_representation(z.detach())
         transformed = method.transform_losses(losses)
         wrt: Sequence[Tensor] = [z] if method.representation else shared
-        # The heads' and the method's own gradients come from the same per-task passes: the
-        # gradient of sum_t v_t L'_t is sum_t v_t grad L'_t, with no pass of its own.
-        jacobian, other_grads = task_gradients(transformed, wrt, others, batched_jacobian)
+        # With the per-task loop, the heads' and the method's own gradients come from the same
+        # passes (the gradient of sum_t v_t L'_t is sum_t v_t grad L'_t), with no pass of their
+        # own. The batched backward would compute every head's weight gradients for all T
+        # tasks, mostly zeros: there one pass of their own is cheaper from T = 3 on.
+        fold = not batched_jacobian
+        jacobian, other_grads = task_gradients(
+            transformed, wrt, others if fold else (), batched_jacobian
+        )
         direction, weights = method.aggregate(jacobian.float())
         if weights is not None and method.weights_heads:
             head_weights = weights.detach().to(transformed.dtype)
@@ -196,7 +201,11 @@ def training_step(
             )
         else:
             _assign_flat(shared, direction)
-        _assign(others, [weighted_sum(g, head_weights) for g in other_grads])
+        if fold:
+            _assign(others, [weighted_sum(g, head_weights) for g in other_grads])
+        else:
+            head_loss = (head_weights * transformed).sum()
+            _assign(others, torch.autograd.grad(head_loss, others, allow_unused=True))
         if weights is None:
             weights = torch.full((num_tasks,), math.nan, device=losses.device)
         return StepOutput(losses.detach(), weights.detach())

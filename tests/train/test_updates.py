@@ -19,9 +19,11 @@ from mtl_paradigms.updates import (
     JointUpdater,
     PathLength,
     make_updater,
+    task_gradients,
     task_jacobian,
     task_losses,
     training_step,
+    weighted_sum,
 )
 
 NO_AUTOCAST = torch.autocast("cpu", enabled=False)
@@ -282,3 +284,29 @@ def test_heads_and_method_parameters_get_the_gradient_of_the_weighted_transforme
         assert g is not None
         scale = e.abs().max().item() + 1e-12
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_task_gradients_extra_tensors_sum_to_the_weighted_loss_gradient(batched: bool) -> None:
+    # a is shared, h0 / h1 belong to one task each, s reaches every task's loss.
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(3, generator=gen, requires_grad=True)
+    h0 = torch.randn(2, generator=gen, requires_grad=True)
+    h1 = torch.randn(2, generator=gen, requires_grad=True)
+    s = torch.randn(2, generator=gen, requires_grad=True)
+    unused = torch.randn(1, generator=gen, requires_grad=True)
+
+    def losses() -> torch.Tensor:
+        base = torch.stack([(a.sum() * h0).square().sum(), (a * a).sum() * h1.exp().sum()])
+        return base * s.exp() - s
+
+    weights = torch.tensor([0.3, 1.7])
+    extra = [h0, h1, s, unused]
+    jac, per_task = task_gradients(losses(), [a], extra, batched=batched)
+    torch.testing.assert_close(jac, task_jacobian(losses(), [a]))
+    expected = torch.autograd.grad((weights * losses()).sum(), extra, allow_unused=True)
+    for got, want in zip([weighted_sum(g, weights) for g in per_task], expected, strict=True):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want)
