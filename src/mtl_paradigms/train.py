@@ -137,6 +137,23 @@ class TrainSettings:
                 "train.compile: the batched task Jacobian (is_grads_batched) does not run "
                 "through a compiled graph; use task_jacobian 'auto' or 'loop' with compile"
             )
+        for name in ("lr", "weight_decay", "lr_gamma", "width"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise SettingsError(f"train.{name} must be a finite non-negative number")
+        if self.lr <= 0:
+            raise SettingsError(f"train.lr must be positive, got {self.lr}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "lr_step_every", "val_size"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if self.dataset == "celeba":  # tasks are the attributes of the data (data.splits)
+            if self.augment:
+                raise SettingsError("train.augment: the paper trains CelebA without it; use false")
+            return
+        known = list(TASKS[self.dataset])
+        if self.tasks is not None:
+            unknown = [t for t in self.tasks if t not in known]
+            if unknown or not self.tasks:
+                raise SettingsError(f"train.tasks: {self.tasks} not a non-empty subset of {known}")
 
     @property
     def task_names(self) -> list[str]:
