@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
 
 from mtl_paradigms.settings import SettingsError, from_json, from_mapping
+from mtl_paradigms.train import TrainSettings
 
 
 @dataclass(frozen=True)
@@ -48,3 +50,25 @@ def test_from_json() -> None:
     assert from_json(Example, "").steps == 10
     with pytest.raises(SettingsError, match="not valid JSON"):
         from_json(Example, "{steps: 3}")
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"lr": 0.0}, "train.lr"),
+        ({"lr": float("nan")}, "train.lr"),
+        ({"weight_decay": -1e-5}, "train.weight_decay"),
+        ({"lr_gamma": float("inf")}, "train.lr_gamma"),
+        ({"epochs": 0}, "train.epochs"),
+        ({"batch_size": 0}, "train.batch_size"),
+        ({"val_size": 0}, "train.val_size"),
+        ({"tasks": ["segmentation", "albedo"]}, "train.tasks"),
+        ({"tasks": []}, "train.tasks"),
+        ({"dataset": "celeba", "augment": True}, "train.augment"),
+        ({"compile_mode": "reduce-overhead"}, "train.compile_mode"),
+        ({"compile": True, "task_jacobian": "batched"}, "train.compile"),
+    ],
+)
+def test_bad_train_settings_are_refused_naming_the_key(values: dict, named: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(named)):
+        TrainSettings(**values)
