@@ -122,13 +122,14 @@ def task_gradients(
     per_task: list[list[Tensor | None]] = [[] for _ in extra]
     for t in range(num_tasks):
         grads = torch.autograd.grad(losses[t], inputs, retain_graph=True, allow_unused=True)
-        torch.cat(
-            [
-                (g if g is not None else torch.zeros_like(p)).reshape(-1).to(jacobian.dtype)
-                for g, p in zip(grads[: len(wrt)], wrt, strict=True)
-            ],
-            out=jacobian[t],
-        )
+        if wrt:
+            torch.cat(
+                [
+                    (g if g is not None else torch.zeros_like(p)).reshape(-1).to(jacobian.dtype)
+                    for g, p in zip(grads[: len(wrt)], wrt, strict=True)
+                ],
+                out=jacobian[t],
+            )
         for column, g in zip(per_task, grads[len(wrt) :], strict=True):
             column.append(g)
     return jacobian, list(per_task)
@@ -396,14 +397,9 @@ class AdaTaskUpdater(Updater):
             losses = task_losses(self.tasks, preds, targets).float()
         # Each task's pass gives its shared gradients and, for the heads' (1/T) sum_t grad L_t,
         # its own head's: no separate pass through the heads.
-        task_grads, head_grads = [], [[] for _ in self.heads]
-        for t in range(num_tasks):
-            grads = torch.autograd.grad(
-                losses[t], [*self.shared, *self.heads], retain_graph=True, allow_unused=True
-            )
-            task_grads.append(grads[: len(self.shared)])
-            for column, g in zip(head_grads, grads[len(self.shared) :], strict=True):
-                column.append(g)
+        _, per_task = task_gradients(losses, (), [*self.shared, *self.heads])
+        shared_grads, head_grads = per_task[: len(self.shared)], per_task[len(self.shared) :]
+        task_grads = [[column[t] for column in shared_grads] for t in range(num_tasks)]
         uniform = torch.full((num_tasks,), 1.0 / num_tasks, device=losses.device)
         _assign(self.heads, [weighted_sum(g, uniform) for g in head_grads])
         self.head_optimizer.step()
