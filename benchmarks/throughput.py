@@ -59,7 +59,7 @@ from mtl_paradigms.train import (
     make_optimizer,
     speed_flags,
 )
-from mtl_paradigms.updates import Updater, make_updater, task_jacobian, task_losses
+from mtl_paradigms.updates import Updater, make_updater, per_task_losses, task_jacobian
 
 log = logging.getLogger("throughput")
 
@@ -199,8 +199,9 @@ def build_updater(
 
 class FloorStep:
     """``step()`` = the forward pass and the per-task Jacobian of the shared parameters, as the
-    trainer computes them (:func:`mtl_paradigms.updates.task_jacobian`, batched on CUDA), with
-    no aggregation and no optimizer step: the cost floor of a gradient method."""
+    trainer computes them (:func:`mtl_paradigms.updates.task_jacobian`, batched on CUDA; in the
+    per-task loop each pass runs from its task's own loss through its head and the encoder),
+    with no aggregation and no optimizer step: the cost floor of a gradient method."""
 
     def __init__(self, updater: Updater, tasks: dict[str, Task], batched: bool) -> None:
         self.model, self.tasks, self.batched = updater.model, tasks, batched
@@ -210,7 +211,7 @@ class FloorStep:
     def step(self, images: Tensor, targets: dict[str, Tensor]) -> None:
         with self.autocast:
             preds = self.model(images)
-            losses = task_losses(self.tasks, preds, targets).float()
+            losses = [loss.float() for loss in per_task_losses(self.tasks, preds, targets)]
         task_jacobian(losses, self.shared, batched=self.batched)
 
 

@@ -19,6 +19,7 @@ logs per epoch (Pascal et al.'s "wider exploration").
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -45,11 +46,20 @@ class StepOutput:
     weights: Tensor  # (T,) detached task weights used for this step (NaN if not defined)
 
 
+def per_task_losses(
+    tasks: Mapping[str, Task], preds: Mapping[str, Tensor], batch: Mapping[str, Tensor]
+) -> list[Tensor]:
+    """Each task's loss as a scalar of its own, in the order of ``tasks``: the roots of per-task
+    backward passes. (A pass from one entry of the stacked vector would carry zero gradients
+    back through every other task's head: ``T`` heads' backward instead of one.)"""
+    return [task.loss(preds[name], batch[name]) for name, task in tasks.items()]
+
+
 def task_losses(
     tasks: Mapping[str, Task], preds: Mapping[str, Tensor], batch: Mapping[str, Tensor]
 ) -> Tensor:
     """The ``(T,)`` vector of per-task losses, in the order of ``tasks``."""
-    return torch.stack([task.loss(preds[name], batch[name]) for name, task in tasks.items()])
+    return torch.stack(per_task_losses(tasks, preds, batch))
 
 
 def _like_param(p: Tensor, grad: Tensor) -> Tensor:
@@ -62,11 +72,49 @@ def _like_param(p: Tensor, grad: Tensor) -> Tensor:
     return torch.empty_like(p).copy_(grad)
 
 
+@functools.lru_cache(maxsize=4096)
+def _layout(shape: tuple[int, ...], stride: tuple[int, ...]) -> tuple[bool, tuple[int, ...] | None]:
+    """Whether the layout is dense (the elements fill ``numel`` consecutive places, as a
+    parameter's do), and the dimensions from the slowest-varying in memory to the fastest where
+    that is not the index order (a channels_last weight: ``(0, 2, 3, 1)``), else ``None``."""
+    order = tuple(sorted(range(len(shape)), key=lambda d: -stride[d]))
+    expected = 1
+    for d in reversed(order):
+        if shape[d] != 1 and stride[d] != expected:
+            return False, None
+        expected *= shape[d]
+    sized = [d for d in order if shape[d] != 1]
+    return True, (None if sized == sorted(sized) else order)
+
+
+def _flatten_like(p: Tensor, g: Tensor, batch_dims: int = 0) -> Tensor:
+    """``g`` (``p``'s shape, after ``batch_dims`` leading dimensions) flattened in the order of
+    ``p``'s memory: for a gradient in ``p``'s layout a view, where flattening a channels_last
+    weight's gradient in index order would copy it. :func:`_view_like` inverts it."""
+    dense, order = _layout(tuple(p.shape), p.stride())
+    if dense and order is not None:
+        g = g.permute(*range(batch_dims), *(d + batch_dims for d in order))
+    return g.reshape(*g.shape[:batch_dims], -1)
+
+
+def _view_like(p: Tensor, flat: Tensor) -> Tensor:
+    """``p.numel()`` values flattened by :func:`_flatten_like` as ``p``'s gradient, in ``p``'s
+    dtype and layout (a view of ``flat`` where the dtypes agree)."""
+    if not _layout(tuple(p.shape), p.stride())[0]:
+        return _like_param(p, flat.view(p.shape))
+    return flat.as_strided(p.shape, p.stride()).to(p.dtype)
+
+
+def _or_zeros(g: Tensor | None, shape: Sequence[int], like: Tensor) -> Tensor:
+    """``g``, or zeros of ``shape`` (``like``'s dtype and device) where a task does not reach it."""
+    return g if g is not None else like.new_zeros(shape)
+
+
 def _assign_flat(params: Sequence[nn.Parameter], flat: Tensor) -> None:
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = _like_param(p, flat[offset : offset + n].view(p.shape))
+        p.grad = _view_like(p, flat[offset : offset + n])
         offset += n
 
 
@@ -76,13 +124,20 @@ def _assign(params: Sequence[nn.Parameter], grads: Sequence[Tensor | None]) -> N
             p.grad = _like_param(p, g if p.grad is None else p.grad + g)
 
 
-def task_jacobian(losses: Tensor, wrt: Sequence[Tensor], batched: bool = False) -> Tensor:
+#: The ``T`` per-task losses: a ``(T,)`` vector, or ``T`` separate scalars
+#: (:func:`per_task_losses`), whose per-task passes each run through one head only.
+Losses = Tensor | Sequence[Tensor]
+
+
+def task_jacobian(losses: Losses, wrt: Sequence[Tensor], batched: bool = False) -> Tensor:
     """The ``(T, D)`` matrix of the gradients of each of the ``T`` losses with respect to
     ``wrt`` (flattened and concatenated), on the losses' device; the graph is retained.
 
     ``batched=False`` runs one backward pass per task; ``batched=True`` one vectorised backward
     (``is_grads_batched``), which an H100 runs about 5x faster at 40 tasks but a CPU no faster
-    (``benchmarks/methods.py``). The two agree up to floating-point summation order.
+    (``benchmarks/methods.py``). The two agree up to floating-point summation order. Pass the
+    losses as separate scalars (:func:`per_task_losses`) for the per-task passes: from a
+    stacked vector each pass also back-propagates zeros through the other tasks' heads.
     """
     return task_gradients(losses, wrt, (), batched)[0]
 
@@ -93,24 +148,28 @@ PerTask = Tensor | list[Tensor | None] | None
 
 
 def task_gradients(
-    losses: Tensor, wrt: Sequence[Tensor], extra: Sequence[Tensor], batched: bool = False
+    losses: Losses, wrt: Sequence[Tensor], extra: Sequence[Tensor], batched: bool = False
 ) -> tuple[Tensor, list[PerTask]]:
     """:func:`task_jacobian` of ``wrt``, and from the same backward passes each task's
-    gradients of the ``extra`` tensors (the heads and a method's own parameters, which the
-    passes traverse anyway), to be combined by :func:`weighted_sum`."""
-    num_tasks = losses.shape[0]
+    gradients of the ``extra`` tensors (the heads, which the passes traverse anyway), to be
+    combined by :func:`weighted_sum`."""
+    roots = list(losses)
+    if not roots or any(r.dim() != 0 for r in roots):
+        shapes = [tuple(r.shape) for r in roots]
+        raise ValueError(f"task gradients need one scalar loss per task, got shapes {shapes}")
+    num_tasks = len(roots)
+    dtype, device = roots[0].dtype, roots[0].device
     inputs = [*wrt, *extra]
     if batched and num_tasks > 1:
-        eye = torch.eye(num_tasks, dtype=losses.dtype, device=losses.device)
+        stacked = losses if isinstance(losses, Tensor) else torch.stack(roots)
+        eye = torch.eye(num_tasks, dtype=dtype, device=device)
         grads = torch.autograd.grad(
-            losses, inputs, grad_outputs=eye, retain_graph=True, allow_unused=True,
+            stacked, inputs, grad_outputs=eye, retain_graph=True, allow_unused=True,
             is_grads_batched=True,
         )  # fmt: skip
         jacobian = torch.cat(
             [
-                (g if g is not None else torch.zeros((num_tasks, *p.shape), device=p.device))
-                .reshape(num_tasks, -1)
-                .to(losses.dtype)
+                _flatten_like(p, _or_zeros(g, (num_tasks, *p.shape), p), batch_dims=1).to(dtype)
                 for g, p in zip(grads[: len(wrt)], wrt, strict=True)
             ],
             dim=1,
@@ -118,14 +177,14 @@ def task_gradients(
         return jacobian, list(grads[len(wrt) :])
     # One preallocated (T, D) buffer; each task's gradients are concatenated into its row.
     size = sum(p.numel() for p in wrt)
-    jacobian = torch.empty((num_tasks, size), dtype=losses.dtype, device=losses.device)
+    jacobian = torch.empty((num_tasks, size), dtype=dtype, device=device)
     per_task: list[list[Tensor | None]] = [[] for _ in extra]
-    for t in range(num_tasks):
-        grads = torch.autograd.grad(losses[t], inputs, retain_graph=True, allow_unused=True)
+    for t, root in enumerate(roots):
+        grads = torch.autograd.grad(root, inputs, retain_graph=True, allow_unused=True)
         if wrt:
             torch.cat(
                 [
-                    (g if g is not None else torch.zeros_like(p)).reshape(-1).to(jacobian.dtype)
+                    _flatten_like(p, _or_zeros(g, p.shape, p)).to(dtype)
                     for g, p in zip(grads[: len(wrt)], wrt, strict=True)
                 ],
                 out=jacobian[t],
@@ -133,6 +192,12 @@ def task_gradients(
         for column, g in zip(per_task, grads[len(wrt) :], strict=True):
             column.append(g)
     return jacobian, list(per_task)
+
+
+def loss_transform_jacobian(method: Aggregator, losses: Tensor) -> Tensor:
+    """The ``(T, T)`` Jacobian ``dL'_t / dL_s`` of ``method.transform_losses`` at ``losses``
+    (diagonal for a per-task scaling such as IMTL-L's), without a graph."""
+    return torch.autograd.functional.jacobian(method.transform_losses, losses.detach())
 
 
 def weighted_sum(grads: PerTask, weights: Tensor) -> Tensor | None:
@@ -173,24 +238,32 @@ def training_step(
     if isinstance(method, Aggregator) and method.requires_grads:
         shared = model.shared_parameters()
         heads = [p for name in tasks for p in model.task_parameters(name)]
-        others = [*heads, *(p for p in method_params if p.requires_grad)]
+        own = [p for p in method_params if p.requires_grad]
         with autocast:
             z = model.representation(images)
             preds = model.heads_forward(z, images.shape[-2:])
-            losses = task_losses(tasks, preds, targets).float()
+            parts = [loss.float() for loss in per_task_losses(tasks, preds, targets)]
+        losses = torch.stack(parts)
         method.observe(losses.detach())
         if method.representation:
             method.observe_representation(z.detach())
         transformed = method.transform_losses(losses)
         wrt: Sequence[Tensor] = [z] if method.representation else shared
-        # With the per-task loop, the heads' and the method's own gradients come from the same
-        # passes (the gradient of sum_t v_t L'_t is sum_t v_t grad L'_t), with no pass of their
-        # own. The batched backward would compute every head's weight gradients for all T
-        # tasks, mostly zeros: there one pass of their own is cheaper from T = 3 on.
+        # Per-task loop: one pass from each task's own loss, through its head only, which also
+        # gives the heads' gradients (that of sum_t v_t L'_t is sum_t v_t grad L'_t, no pass
+        # of their own). Transformed losses L' = f(L) follow by the chain rule,
+        # grad L'_t = sum_s (dL'_t / dL_s) grad L_s. The batched backward would compute every
+        # head's weight gradients for all T tasks, mostly zeros: there the heads get one pass of
+        # their own, cheaper from T = 3 on.
         fold = not batched_jacobian
-        jacobian, other_grads = task_gradients(
-            transformed, wrt, others if fold else (), batched_jacobian
-        )
+        mixing: Tensor | None = None
+        if fold:
+            jacobian, head_grads = task_gradients(parts, wrt, heads)
+            if transformed is not losses:
+                mixing = loss_transform_jacobian(method, losses)
+                jacobian = mixing.to(jacobian.dtype) @ jacobian
+        else:
+            jacobian, _ = task_gradients(transformed, wrt, (), batched=True)
         direction, weights = method.aggregate(jacobian.float())
         if weights is not None and method.weights_heads:
             head_weights = weights.detach().to(transformed.dtype)
@@ -203,10 +276,14 @@ def training_step(
         else:
             _assign_flat(shared, direction)
         if fold:
-            _assign(others, [weighted_sum(g, head_weights) for g in other_grads])
+            coef = head_weights if mixing is None else mixing.T.to(head_weights) @ head_weights
+            _assign(heads, [weighted_sum(g, coef) for g in head_grads])
+            separate = own  # the method's parameters enter through f only: a pass through f
         else:
+            separate = [*heads, *own]
+        if separate:
             head_loss = (head_weights * transformed).sum()
-            _assign(others, torch.autograd.grad(head_loss, others, allow_unused=True))
+            _assign(separate, torch.autograd.grad(head_loss, separate, allow_unused=True))
         if weights is None:
             weights = torch.full((num_tasks,), math.nan, device=losses.device)
         return StepOutput(losses.detach(), weights.detach())
@@ -394,10 +471,11 @@ class AdaTaskUpdater(Updater):
         self.head_optimizer.zero_grad(set_to_none=True)
         with self.autocast:
             preds = self.model(images)
-            losses = task_losses(self.tasks, preds, targets).float()
-        # Each task's pass gives its shared gradients and, for the heads' (1/T) sum_t grad L_t,
-        # its own head's: no separate pass through the heads.
-        _, per_task = task_gradients(losses, (), [*self.shared, *self.heads])
+            parts = [loss.float() for loss in per_task_losses(self.tasks, preds, targets)]
+        losses = torch.stack(parts)
+        # Each task's pass (through its own head only) gives its shared gradients and, for the
+        # heads' (1/T) sum_t grad L_t, its head's: no separate pass through the heads.
+        _, per_task = task_gradients(parts, (), [*self.shared, *self.heads])
         shared_grads, head_grads = per_task[: len(self.shared)], per_task[len(self.shared) :]
         task_grads = [[column[t] for column in shared_grads] for t in range(num_tasks)]
         uniform = torch.full((num_tasks,), 1.0 / num_tasks, device=losses.device)

@@ -310,3 +310,131 @@ def test_task_gradients_extra_tensors_sum_to_the_weighted_loss_gradient(batched:
             assert got is None
         else:
             torch.testing.assert_close(got, want)
+
+
+def _count_head_backwards(model) -> dict[str, list[int]]:
+    """Per head, how many backward passes reach its output (a hook on each forward's output)."""
+    counts: dict[str, list[int]] = {name: [0] for name in model.heads}
+
+    def hook(name: str):
+        def on_forward(_module, _args, output) -> None:
+            def on_backward(grad: torch.Tensor) -> None:
+                counts[name][0] += 1
+
+            output.register_hook(on_backward)
+
+        return on_forward
+
+    for name, head in model.heads.items():
+        head.register_forward_hook(hook(name))
+    return counts
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "imtl", "mgda_ub", "adatask"])
+def test_each_per_task_pass_runs_through_its_own_head_only(name: str) -> None:
+    # A pass from one entry of the stacked loss vector carries zeros back through every other
+    # head: T heads' backward per pass instead of one (3x the heads' work at T = 3).
+    tasks, model, images, targets = _problem()
+    counts = _count_head_backwards(model)
+    method = make_method(name)
+    params = method.bind(len(tasks))
+    updater = make_updater(
+        model, tasks, method, params, NO_AUTOCAST,
+        lambda p: torch.optim.Adam(p, lr=1e-3), optimizer_name="adam", lr=1e-3,
+        adam_betas=(0.9, 0.999), adam_eps=1e-8, weight_decay=0.0, generator=torch.Generator(),
+    )  # fmt: skip
+    updater.step(images, targets)
+    assert {k: v[0] for k, v in counts.items()} == dict.fromkeys(tasks, 1)
+
+
+def test_task_gradients_refuse_losses_that_are_not_one_scalar_per_task() -> None:
+    a = torch.randn(3, requires_grad=True)
+    with pytest.raises(ValueError, match=r"one scalar loss per task, got shapes \[\(3,\)\]"):
+        task_gradients([a * 2], [a], ())
+    with pytest.raises(ValueError, match="one scalar loss per task"):
+        task_gradients([], [a], ())
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "imtl"])
+def test_loop_gradients_of_separate_losses_equal_those_of_the_stacked_vector(name: str) -> None:
+    # One pass per task's own loss (and, for IMTL's loss scaling, the chain rule) gives the
+    # gradients that one pass per entry of the transformed loss vector gives (the reference).
+    tasks, model, images, targets = _problem()
+    method = make_method(name)
+    params = method.bind(len(tasks))
+    own = [p for p in params if p.requires_grad]
+    assert bool(own) == (name == "imtl")
+    with torch.no_grad():
+        for p in own:
+            p.copy_(torch.tensor([0.3, -0.5, 1.1]))  # scales away from 1
+    training_step(model, tasks, method, images, targets, NO_AUTOCAST, params)
+    trainable = [*model.parameters(), *own]
+    got = [p.grad for p in trainable]
+    model.zero_grad(set_to_none=True)
+
+    transformed = method.transform_losses(task_losses(tasks, model(images), targets))
+    shared = model.shared_parameters()
+    jac = task_jacobian(transformed, shared)  # one pass per entry of the vector
+    direction, weights = make_method(name).aggregate(jac)  # PCGrad: the same projection orders
+    v = weights if method.weights_heads else torch.full((len(tasks),), 1 / len(tasks))
+    others = [p for p in trainable if all(p is not q for q in shared)]
+    expected = dict(
+        zip(map(id, others), torch.autograd.grad((v * transformed).sum(), others), strict=True)
+    )
+    expected |= dict(
+        zip(map(id, shared), direction.split([p.numel() for p in shared]), strict=True)
+    )
+    # one scale for all: some gradients are zero up to rounding (a bias before BatchNorm)
+    scale = max(e.abs().max().item() for e in expected.values())
+    for p, g in zip(trainable, got, strict=True):
+        assert g is not None
+        torch.testing.assert_close(g, expected[id(p)].view_as(p), rtol=1e-4, atol=1e-5 * scale)
+
+
+@st.composite
+def _layouts(draw) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dense tensor with a random memory order of its dimensions, sizes 1 included, and a
+    gradient of its shape in a random layout of its own."""
+    shape = draw(st.lists(st.integers(1, 4), min_size=0, max_size=4))
+
+    def dense(perm: list[int], start: float) -> torch.Tensor:
+        # distinct values, so that any element out of place shows
+        inverse = [perm.index(d) for d in range(len(shape))]
+        values = torch.arange(math.prod(shape), dtype=torch.float64) + start
+        return values.reshape([shape[d] for d in perm]).permute(inverse)
+
+    order = draw(st.permutations(range(len(shape))))
+    other = draw(st.permutations(range(len(shape))))
+    return dense(list(order), 0.0), dense(list(other), 0.5)
+
+
+@given(_layouts())
+@settings(max_examples=200, deadline=None)
+def test_flattening_in_memory_order_round_trips_with_the_parameter_s_layout(
+    pair: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    from mtl_paradigms.updates import _flatten_like, _view_like
+
+    p, g = pair
+    # p's own values flatten to its memory, as a view
+    flat_p = _flatten_like(p, p)
+    torch.testing.assert_close(flat_p, p.as_strided((p.numel(),), (1,)), rtol=0, atol=0)
+    assert flat_p.data_ptr() == p.data_ptr()
+    # any gradient comes back with its values and p's strides
+    back = _view_like(p, _flatten_like(p, g))
+    torch.testing.assert_close(back, g, rtol=0, atol=0)
+    assert back.stride() == p.stride()
+    # batched: each row as the unbatched flattening
+    rows = _flatten_like(p, torch.stack([g, 2 * g]), batch_dims=1)
+    torch.testing.assert_close(rows, torch.stack([_flatten_like(p, g), _flatten_like(p, 2 * g)]))
+
+
+def test_a_parameter_that_does_not_fill_its_memory_flattens_in_index_order() -> None:
+    from mtl_paradigms.updates import _flatten_like, _view_like
+
+    p = torch.randn(4, 6)[:, ::2]  # strides (6, 2): not dense
+    g = torch.randn(4, 3)
+    torch.testing.assert_close(_flatten_like(p, g), g.reshape(-1))
+    back = _view_like(p, _flatten_like(p, g))
+    torch.testing.assert_close(back, g)
+    assert back.is_contiguous()  # as backward() leaves the gradient of such a tensor

@@ -196,33 +196,36 @@ def layerwise_per_sample_task_gradients(
     try:
         with evaluation_mode(model), full_precision(), torch.enable_grad():
             preds = functional_call(model, buffers, (images,))
-            # sum_i L_t(x_i): each sample's loss is its own mean over its valid pixels
-            sums = torch.stack(
-                [
-                    torch.stack(
-                        [
-                            task.loss(_full(preds[name][i : i + 1]), targets[name][i : i + 1])
-                            for i in range(n)
-                        ]
-                    ).sum()
-                    for name, task in tasks.items()
-                ]
-            )
+            # sum_i L_t(x_i): each sample's loss is its own mean over its valid pixels; one
+            # scalar per task, so that task t's pass runs through its own head only
+            sums = [
+                torch.stack(
+                    [
+                        task.loss(_full(preds[name][i : i + 1]), targets[name][i : i + 1])
+                        for i in range(n)
+                    ]
+                ).sum()
+                for name, task in tasks.items()
+            ]
             outputs = [call.output for layer in layers.values() for call in layer.calls]
             if batched and num_tasks > 1:
-                eye = torch.eye(num_tasks, dtype=sums.dtype, device=sums.device)
+                stacked = torch.stack(sums)
+                eye = torch.eye(num_tasks, dtype=stacked.dtype, device=stacked.device)
                 raw = torch.autograd.grad(
-                    sums, outputs, grad_outputs=eye, is_grads_batched=True, allow_unused=True
+                    stacked, outputs, grad_outputs=eye, is_grads_batched=True, allow_unused=True
                 )
             else:
                 per_task = [
-                    torch.autograd.grad(sums[t], outputs, retain_graph=True, allow_unused=True)
-                    for t in range(num_tasks)
+                    torch.autograd.grad(total, outputs, retain_graph=True, allow_unused=True)
+                    for total in sums
                 ]
                 raw = tuple(
-                    None if any(p[k] is None for p in per_task)
-                    else torch.stack([p[k] for p in per_task])  # type: ignore[misc]
-                    for k in range(len(outputs))
+                    None if all(p[k] is None for p in per_task)
+                    else torch.stack([
+                        torch.zeros_like(o) if p[k] is None else p[k]  # type: ignore[misc]
+                        for p in per_task
+                    ])
+                    for k, o in enumerate(outputs)
                 )  # fmt: skip
             grads = [
                 torch.zeros((num_tasks, *o.shape), dtype=o.dtype, device=o.device) if g is None
