@@ -408,10 +408,12 @@ class JointUpdater(Updater):
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.optimizer]
 
-    def _loss_fn(self, params: Mapping[str, Tensor], images: Tensor, targets: Mapping[str, Tensor]):
+    def _loss_fn(
+        self, params: Mapping[str, Tensor], images: Tensor, targets: Mapping[str, Tensor]
+    ) -> list[Tensor]:
         with self.autocast:
             preds = torch.func.functional_call(self.model, dict(params), (images,), strict=False)
-            return task_losses(self.tasks, preds, targets)
+            return per_task_losses(self.tasks, preds, targets)
 
     def step(self, images: Tensor, targets: Mapping[str, Tensor]) -> StepOutput:
         if isinstance(self.method, AutoLambda):

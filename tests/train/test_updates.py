@@ -438,3 +438,19 @@ def test_a_parameter_that_does_not_fill_its_memory_flattens_in_index_order() -> 
     back = _view_like(p, _flatten_like(p, g))
     torch.testing.assert_close(back, g)
     assert back.is_contiguous()  # as backward() leaves the gradient of such a tensor
+
+
+def test_auto_lambda_s_per_task_passes_run_through_their_own_head_only() -> None:
+    # One step: the meta step's T per-task passes (one per head) and its validation pass,
+    # then the weighted loss's backward: three backward passes reach each head, not T + 2.
+    tasks, model, images, targets = _problem()
+    counts = _count_head_backwards(model)
+    method = make_method("auto_lambda")
+    params = method.bind(len(tasks))
+    updater = make_updater(
+        model, tasks, method, params, NO_AUTOCAST, _sgd(0.1), optimizer_name="sgd", lr=0.1,
+        adam_betas=(0.9, 0.999), adam_eps=1e-8, weight_decay=0.0, generator=torch.Generator(),
+        val_batch=lambda: (images, targets),
+    )  # fmt: skip
+    updater.step(images, targets)
+    assert {k: v[0] for k, v in counts.items()} == dict.fromkeys(tasks, 3)

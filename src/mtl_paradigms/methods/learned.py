@@ -13,7 +13,7 @@ each docstring states its factor relative to the reference implementation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -177,8 +177,10 @@ class FAMO(Weighting):
             self._optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
 
 
-LossFn = Callable[[Mapping[str, Tensor], Tensor, Mapping[str, Tensor]], Tensor]
-"""``loss_fn(params, images, targets) -> (T,)`` losses of the model run with ``params``."""
+LossFn = Callable[[Mapping[str, Tensor], Tensor, Mapping[str, Tensor]], Tensor | Sequence[Tensor]]
+"""``loss_fn(params, images, targets)``: the ``T`` losses of the model run with ``params``, a
+``(T,)`` vector or ``T`` separate scalars (then each task's gradient pass runs through its own
+head only; from a vector it also carries zeros through the other heads)."""
 
 
 class AutoLambda(Weighting):
@@ -242,8 +244,9 @@ class AutoLambda(Weighting):
         names = list(params)
         tensors = [params[n].detach().requires_grad_(True) for n in names]
         with torch.enable_grad():
-            losses = loss_fn(dict(zip(names, tensors, strict=True)), *train_batch).float()
-            num_tasks = losses.shape[-1]
+            losses = [loss.float() for loss in loss_fn(dict(zip(names, tensors, strict=True)),
+                                                       *train_batch)]  # fmt: skip
+            num_tasks = len(losses)
             per_task = [
                 torch.autograd.grad(losses[t], tensors, retain_graph=t < num_tasks - 1,
                                     allow_unused=True)
@@ -257,7 +260,7 @@ class AutoLambda(Weighting):
                     torch.zeros_like(p),
                 )
                 virtual[n] = (p - lr * step).detach().requires_grad_(True)
-            val_losses = loss_fn(virtual, *val_batch).float()
+            val_losses = torch.stack(list(loss_fn(virtual, *val_batch))).float()
             val_grads = torch.autograd.grad(
                 val_losses.mean(), list(virtual.values()), allow_unused=True
             )
