@@ -59,14 +59,15 @@ from mtl_paradigms.train import (
     make_optimizer,
     speed_flags,
 )
-from mtl_paradigms.updates import Updater, make_updater, per_task_losses, task_jacobian
+from mtl_paradigms.updates import Updater, make_updater, per_task_losses, task_gradients
 
 log = logging.getLogger("throughput")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("ew", "pcgrad", "cagrad", "imtl_g", "aligned_mtl", "nash_mtl", "mgda")
 #: Pseudo-method: the work every per-task-gradient method must do (forward + T backward
-#: passes for the per-task gradients of the shared parameters), the issue's 1.1x yardstick.
+#: passes: the per-task gradients of the shared parameters and the heads' gradients; see
+#: FloorStep), the issue's 1.1x yardstick.
 FLOOR = "floor"
 KEY = ["setting", "method", "precision"]
 #: TrainSettings switch -> its suffix in the ``precision`` column.
@@ -198,21 +199,29 @@ def build_updater(
 
 
 class FloorStep:
-    """``step()`` = the forward pass and the per-task Jacobian of the shared parameters, as the
-    trainer computes them (:func:`mtl_paradigms.updates.task_jacobian`, batched on CUDA; in the
-    per-task loop each pass runs from its task's own loss through its head and the encoder),
-    with no aggregation and no optimizer step: the cost floor of a gradient method."""
+    """``step()`` = what every per-task-gradient method computes before it aggregates, as the
+    trainer computes it: the forward pass, the per-task gradients of the shared parameters and
+    the heads' gradients. In the per-task loop (CPU, ``compile``) that is ``T`` backward passes,
+    each from its task's own loss through its head and the encoder, computing the gradients of
+    both (what ``loss_t.backward()`` would); with the batched Jacobian (CUDA) one vectorised
+    backward for the shared parameters and one pass for the heads. No aggregation and no
+    optimizer step: the cost floor of a gradient method, the issue's 1.1x yardstick."""
 
     def __init__(self, updater: Updater, tasks: dict[str, Task], batched: bool) -> None:
         self.model, self.tasks, self.batched = updater.model, tasks, batched
         self.autocast = updater.autocast
         self.shared = list(updater.model.shared_parameters())
+        self.heads = [p for name in tasks for p in updater.model.task_parameters(name)]
 
     def step(self, images: Tensor, targets: dict[str, Tensor]) -> None:
         with self.autocast:
             preds = self.model(images)
             losses = [loss.float() for loss in per_task_losses(self.tasks, preds, targets)]
-        task_jacobian(losses, self.shared, batched=self.batched)
+        if self.batched:
+            task_gradients(losses, self.shared, (), batched=True)
+            torch.autograd.grad(torch.stack(losses).mean(), self.heads)
+        else:
+            task_gradients(losses, self.shared, self.heads)
 
 
 def _sync(device: torch.device) -> None:
