@@ -381,8 +381,9 @@ def markdown(table: pd.DataFrame, device_type: str, machine: str) -> str:
         "MFU = FLOPs of one EW step (FlopCounterMode) / step time / peak; `+cl` = channels_last, "
         "`+fused` = fused Adam, `+cudnnbench` = cuDNN autotuner, `+compile` = torch.compile "
         "(its compilation is in `first step s`; `-ro`: mode reduce-overhead, CUDA graphs). "
-        f"`{FLOOR}` = forward + the per-task Jacobian of the shared parameters only (what every "
-        "gradient method must compute); `x floor` = step time / that row's.",
+        f"`{FLOOR}` = forward + T backward passes: the per-task gradients of the shared "
+        "parameters and the heads' gradients (what every gradient method must compute); "
+        "`x floor` = step time / that row's.",
         "",
         "| " + " | ".join(h for _, h, _ in cols) + " |",
         "|" + "|".join("---" for _ in cols) + "|",
