@@ -11,16 +11,20 @@ from pathlib import Path
 
 import pytest
 
+from mtl_paradigms.cli import main
 from mtl_paradigms.data import sources
 from mtl_paradigms.data.download import (
     ChecksumError,
     Checksums,
     DownloadError,
     ExtractionError,
+    check_digest,
     download_file,
     drive_confirm_url,
+    extract_into,
     link_local,
     read_record,
+    record_checksum,
     safe_extract,
 )
 
@@ -195,15 +199,18 @@ def test_google_drive_confirmation_page_is_answered() -> None:
 # ---- archives --------------------------------------------------------------------------------
 
 
-def _zip(members: dict[str, bytes], symlink: str | None = None) -> bytes:
+def _zip(
+    members: dict[str, bytes], symlink: str | None = None, to: str = "/etc/passwd", system: int = 3
+) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
         for name, data in members.items():
             zf.writestr(name, data)
         if symlink:
             info = zipfile.ZipInfo(symlink)
+            info.create_system = system  # 3: Unix, 0: MS-DOS (the mode bits are set either way)
             info.external_attr = 0o120777 << 16
-            zf.writestr(info, "/etc/passwd")
+            zf.writestr(info, to)
     return buffer.getvalue()
 
 
@@ -249,3 +256,134 @@ def test_unsafe_archives_are_rejected_and_leave_nothing(tmp_path: Path, archive:
     assert "refusing to extract" in str(err.value)
     assert sorted(os.listdir(work)) == ["bad.archive"]
     assert not (tmp_path / "evil.txt").exists()
+
+
+# Links of any kind are refused, also when they point inside the target: dataset archives never
+# hold one, and checking where a link leads can be fooled (CVE-2025-4517, test_unsafe_inputs).
+LINK_ARCHIVES = [
+    pytest.param(_tar("ok/link", tarfile.SYMTYPE, "file.txt"), "'ok/link'", id="tar-symlink-in"),
+    pytest.param(_tar("ok/hard", tarfile.LNKTYPE, "ok/file.txt"), "'ok/hard'", id="tar-hardlink"),
+    pytest.param(
+        _tar("ok/hard", tarfile.LNKTYPE, "../../etc/passwd"), "'ok/hard'", id="tar-hardlink-out"
+    ),
+    pytest.param(_tar("ok/up", tarfile.SYMTYPE, ".."), "'ok/up'", id="tar-symlink-up"),
+    pytest.param(_zip({"ok.txt": b"1"}, "ln", to="ok.txt"), "'ln'", id="zip-symlink-in"),
+    pytest.param(_zip({"a/b.txt": b"1"}, "a/l", to="../.."), "'a/l'", id="zip-symlink-out"),
+    pytest.param(_zip({"ok.txt": b"1"}, "ln", system=0), "'ln'", id="zip-symlink-msdos"),
+]
+
+
+@pytest.mark.parametrize(("archive", "member"), LINK_ARCHIVES)
+def test_link_members_are_refused_naming_archive_and_member(
+    tmp_path: Path, archive: bytes, member: str
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "links.archive").write_bytes(archive)
+    with pytest.raises(ExtractionError) as err:
+        safe_extract(work / "links.archive", work / "out")
+    message = str(err.value)
+    assert message.startswith(f"{work / 'links.archive'}: member {member} is a ")
+    assert "link" in message
+    assert "refusing to extract" in message
+    assert "dataset archives never contain links" in message
+    assert "\n" not in message
+    assert sorted(os.listdir(work)) == ["links.archive"]  # nothing written, not even ok/file.txt
+    # extract_into (used by prepare-mtan) checks every member before writing anything as well
+    (work / "into").mkdir()
+    with pytest.raises(ExtractionError, match="dataset archives never contain links"):
+        extract_into(work / "links.archive", work / "into")
+    assert list((work / "into").iterdir()) == []
+
+
+def test_tar_hardlink_is_refused_however_it_is_stored(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tf:  # as tar stores a file linked twice
+        data = tmp_path / "data.bin"
+        data.write_bytes(b"x" * 10)
+        os.link(data, tmp_path / "twin.bin")
+        tf.add(data, "d/data.bin")
+        tf.add(tmp_path / "twin.bin", "d/twin.bin")  # tarfile stores the second as a hard link
+    (tmp_path / "h.tar").write_bytes(buffer.getvalue())
+    with pytest.raises(ExtractionError, match=r"'d/twin\.bin' is a hard link \(to 'd/data\.bin'\)"):
+        safe_extract(tmp_path / "h.tar", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# ---- expected checksums must be well-formed digests -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("sha256", "abc"),
+        ("sha256", SHA[:-1]),
+        ("sha256", SHA + "0"),
+        ("sha256", "g" * 64),
+        ("sha256", MD5),
+        ("sha256", " " + SHA[1:]),
+        ("md5", "abc"),
+        ("md5", SHA),
+        ("md5", MD5[:-1] + "z"),
+    ],
+)
+def test_malformed_expected_checksums_are_refused(field: str, value: str) -> None:
+    digits = {"md5": 32, "sha256": 64}[field]
+    with pytest.raises(
+        ValueError,
+        match=rf"^Checksums\.{field} '.*': expected {digits} hexadecimal digits \(the {field} "
+        r"digest\), or '' for none$",
+    ):
+        Checksums(**{field: value})
+    with pytest.raises(ValueError, match=f"^--{field} "):
+        check_digest(value, field, f"--{field}")
+
+
+def test_wellformed_and_empty_checksums_are_accepted() -> None:
+    assert Checksums(md5=MD5.upper(), sha256=SHA.upper()) == Checksums(md5=MD5, sha256=SHA)
+    assert Checksums(md5="", sha256="") == Checksums()
+    assert check_digest("", "sha256", "--sha256") is None
+    assert check_digest(None, "md5", "--md5") is None
+    with pytest.raises(ValueError, match="sha256_prefix"):
+        Checksums(sha256_prefix="xyz")
+    for src, names in sources.file_names().items():  # the registry's checksums are well-formed
+        for name in names:
+            assert isinstance(sources.source(src).file(name).checksums, Checksums)
+
+
+def test_malformed_recorded_sha256_is_refused(loopback: Loopback, tmp_path: Path) -> None:
+    record = tmp_path / "checksums.json"
+    record_checksum(record, "src/f.bin", "abc", len(BODY), "by hand")
+    url = loopback.add("f.bin", BODY)
+    with pytest.raises(DownloadError, match=r"sha256 recorded for 'src/f\.bin' is 'abc', expected"):
+        fetch([url], tmp_path / "f.bin", record=record, key="src/f.bin")
+    assert not (tmp_path / "f.bin").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "digits"),
+    [("--sha256", "abc", 64), ("--sha256", MD5, 64), ("--md5", "abc", 32), ("--md5", SHA, 32)],
+)
+def test_download_verb_refuses_a_malformed_digest(
+    loopback: Loopback,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    option: str,
+    value: str,
+    digits: int,
+) -> None:
+    url = loopback.add("f.bin", BODY)
+    out = tmp_path / "f.bin"
+    args = ["download", "--source", "mnist", "--file", "train-images-idx3-ubyte.gz"]
+    args += ["--out", str(out), "--url", url, "--mirrors-only", "--retries", "0", option, value]
+    assert main(args) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        f"{option} {value!r}: expected {digits} hexadecimal digits (the {option[2:]} digest), "
+        "or '' for none"
+    ]
+    assert loopback.requests("f.bin") == []  # refused before any download
+    assert not out.exists()
+    # '' still means "no checksum": the download goes through
+    assert main([*args[:-1], ""]) == 0
+    assert out.read_bytes() == BODY

@@ -163,6 +163,22 @@ def test_misshaped_prepared_array_is_named(celeba_raw: Path, tmp_path: Path) -> 
         celeba_splits(out)
 
 
+@pytest.mark.parametrize("name", ["images.npy", "attributes.npy", "partition.npy"])
+@pytest.mark.parametrize("keep", [0, 60, -7], ids=["empty", "cut-header", "cut-payload"])
+def test_empty_or_truncated_prepared_array_is_named(
+    celeba_raw: Path, tmp_path: Path, name: str, keep: int
+) -> None:
+    out = prepare_celeba(celeba_raw, tmp_path / "prepared", size=16)
+    path = out / name
+    path.write_bytes(path.read_bytes()[:keep])
+    with pytest.raises(DatasetError) as err:
+        celeba_splits(out)
+    message = str(err.value)
+    assert message.startswith(f"{path}: cannot be read as a .npy array (")
+    assert "delete the prepared folder and run mtlp prepare-celeba again" in message
+    assert "\n" not in message
+
+
 # ---- MNIST and Multi-MNIST -------------------------------------------------------------------
 
 
@@ -195,6 +211,21 @@ def test_multimnist_is_deterministic_and_overlays_two_digits(
     other = build_multimnist(mnist_raw, tmp_path / "c", MultiMNISTSettings(seed=1))
     assert not np.array_equal(load_multimnist(other, "train")["label_right"], train["label_right"])
     json.loads((a / "multimnist.json").read_text())
+
+
+@pytest.mark.parametrize("keep", [0, 30, -3], ids=["empty", "cut-header", "cut-payload"])
+def test_empty_or_truncated_multimnist_array_is_named(
+    mnist_raw: Path, tmp_path: Path, keep: int
+) -> None:
+    out = build_multimnist(mnist_raw, tmp_path / "mm")
+    path = out / "test" / "label_right.npy"
+    path.write_bytes(path.read_bytes()[:keep])
+    with pytest.raises(DatasetError) as err:
+        load_multimnist(out, "test")
+    message = str(err.value)
+    assert message.startswith(f"{path}: cannot be read as a .npy array (")
+    assert "run mtlp build-multimnist again" in message
+    assert "\n" not in message
 
 
 def test_missing_mnist_file_is_named(mnist_raw: Path, tmp_path: Path) -> None:

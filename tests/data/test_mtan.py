@@ -18,7 +18,7 @@ from mtl_paradigms.data import (
     load_mtan,
     paper_splits,
 )
-from mtl_paradigms.data.mtan import holdout_indices
+from mtl_paradigms.data.mtan import check_layout, holdout_indices
 from mtl_paradigms.data.synthetic import SyntheticSettings, write_synthetic_mtan
 
 H, W = 24, 32
@@ -297,3 +297,43 @@ def test_unreadable_file(nyu_copy: Path) -> None:
     path = nyu_copy / "train" / "label" / "1.npy"
     path.write_bytes(b"not a numpy file")
     _expect_error(nyu_copy, path, "cannot be read")
+
+
+def _empty(path: Path) -> str:
+    path.write_bytes(b"")
+    return "the file is empty: 0 bytes"
+
+
+def _cut_header(path: Path) -> str:
+    path.write_bytes(path.read_bytes()[:40])
+    return "truncated or damaged header"
+
+
+def _cut_payload(path: Path) -> str:
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])
+    return f"truncated: {len(data) - 100} bytes, its header announces {len(data)}"
+
+
+def _cut_magic(path: Path) -> str:
+    path.write_bytes(path.read_bytes()[:3])
+    return "only 3 bytes, too short for a .npy header"
+
+
+@pytest.mark.parametrize("damage", [_empty, _cut_header, _cut_payload, _cut_magic])
+@pytest.mark.parametrize("where", ["train/depth/3.npy", "train/image/0.npy", "train/normal/11.npy"])
+def test_empty_or_truncated_file_is_named_with_what_to_do(
+    nyu_copy: Path, damage: object, where: str
+) -> None:
+    path = nyu_copy / where
+    why = damage(path)  # type: ignore[operator]
+    with pytest.raises(DatasetError) as info:
+        load_mtan(nyu_copy, "nyuv2", "train")
+    message = str(info.value)
+    assert message.startswith(f"{path}: cannot be read as a .npy array ({why}")
+    assert "delete the dataset folder and prepare it again" in message
+    assert "mtlp prepare-mtan" in message
+    assert "\n" not in message
+    if where.endswith("/0.npy"):  # check_layout reads the first file of every folder
+        with pytest.raises(DatasetError, match=r"cannot be read as a \.npy array"):
+            check_layout(nyu_copy, "nyuv2")

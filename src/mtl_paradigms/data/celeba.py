@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mtl_paradigms.data.download import check_member_name
+from mtl_paradigms.data.archives import check_member_name
 from mtl_paradigms.data.errors import DatasetError
+from mtl_paradigms.data.npyfile import load_npy
 from mtl_paradigms.io import atomic_directory
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: preparing needs none
@@ -57,6 +58,10 @@ RAW_FILES: tuple[str, ...] = (IMAGES_ZIP, ATTR_FILE, PARTITION_FILE)
 META_FILE = "celeba.json"
 PREPARED_ARRAYS: tuple[str, ...] = ("images.npy", "attributes.npy", "partition.npy")
 SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+_REPAIR = (
+    "the file is damaged or incomplete (an interrupted write or copy): delete the prepared "
+    "folder and run mtlp prepare-celeba again"
+)
 #: the official numbers of images per partition (train, val, test).
 OFFICIAL_SIZES: dict[str, int] = {"train": 162_770, "val": 19_867, "test": 19_962}
 OFFICIAL_ATTRIBUTES = 40
@@ -356,10 +361,7 @@ def open_prepared(root: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
         path = base / name
         if not path.is_file():
             raise DatasetError(f"{path}: missing from the prepared CelebA folder")
-        try:
-            arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise DatasetError(f"{path}: cannot be read as a .npy array ({err})") from err
+        arrays[name] = load_npy(path, mmap_mode="r", advice=_REPAIR)
     n, size, a = int(meta["num_images"]), int(meta["size"]), len(meta["attributes"])
     expected = {
         "images.npy": ((n, size, size, 3), np.uint8),

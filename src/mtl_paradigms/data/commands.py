@@ -28,15 +28,24 @@ def _exit_on_download_error(func: Callable[[argparse.Namespace], None]) -> Calla
 
 
 def _cmd_download(args: argparse.Namespace) -> None:
-    from mtl_paradigms.data.download import Checksums, DownloadError, download_file, link_local
+    from mtl_paradigms.data.download import (
+        Checksums,
+        DownloadError,
+        check_digest,
+        download_file,
+        link_local,
+    )
     from mtl_paradigms.data.sources import source
 
+    # before anything else: a malformed digest is a ValueError, one line naming the option
+    md5 = check_digest(args.md5, "md5", "--md5")
+    sha256 = check_digest(args.sha256, "sha256", "--sha256")
     src = source(args.source)
     item = src.file(args.file)
     key = f"{args.source}/{args.file}"
     checksums = item.checksums
     if args.md5 is not None or args.sha256 is not None:  # config data.checksums replaces them
-        checksums = Checksums(md5=args.md5 or None, sha256=args.sha256 or None)
+        checksums = Checksums(md5=md5, sha256=sha256)
     if args.local:
         link_local(args.local, args.out, checksums, args.record, key)
         log.info("%s: using the local file %s", args.out, args.local)
@@ -112,8 +121,10 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--mirrors-only", action="store_true", help="skip the built-in URLs")
     p.add_argument("--local", type=Path, help="use this file on disk instead (verified, linked)")
     p.add_argument("--record", type=Path, help="checksum record (first-download sha256s)")
-    p.add_argument("--md5", help="expected md5, replacing the known one ('' = none)")
-    p.add_argument("--sha256", help="expected sha256, replacing the known one ('' = none)")
+    p.add_argument("--md5", help="expected md5 (32 hex digits), replacing the known ('' = none)")
+    p.add_argument(
+        "--sha256", help="expected sha256 (64 hex digits), replacing the known ('' = none)"
+    )
     p.add_argument("--retries", type=int, default=4, help="retries per URL")
     p.add_argument("--backoff", type=float, default=2.0, help="first retry delay, doubling (s)")
     p.add_argument("--timeout", type=float, default=60.0, help="connect/read timeout (s)")

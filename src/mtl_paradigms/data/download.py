@@ -20,11 +20,10 @@ Download (:func:`download_file`)
 
 Archives (:func:`safe_extract`)
 -------------------------------
-``.tar``/``.tar.gz``/``.tgz`` through :mod:`tarfile`'s ``"data"`` filter (rejects absolute
-paths, ``..``, links leaving the target, devices); ``.zip`` with the same checks done here
-(absolute names, ``..`` components, drive letters, symbolic links). Extraction goes to a
-temporary folder beside the target, renamed into place on success; a rejected archive leaves
-nothing behind.
+Safe extraction lives in :mod:`mtl_paradigms.data.archives` (re-exported here): every member is
+checked first; absolute paths, ``..``, links of any kind (symbolic or hard, tar or zip) and
+devices refuse the whole archive; extraction goes to a temporary folder beside the target,
+renamed into place on success, so a refused archive leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -37,21 +36,26 @@ import json
 import logging
 import os
 import re
-import shutil
-import stat
-import tarfile
 import time
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import requests
 from tqdm.auto import tqdm
 
-from mtl_paradigms.io import atomic_directory, write_json
+from mtl_paradigms.data.archives import (  # noqa: F401 - re-exported, the former home
+    ExtractionError,
+    _extract_tar,
+    _extract_zip,
+    archive_kind,
+    check_member_name,
+    extract_into,
+    safe_extract,
+)
+from mtl_paradigms.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -70,21 +74,52 @@ class ChecksumError(DownloadError):
     """A file's checksum differs from the known or recorded one."""
 
 
-class ExtractionError(ValueError):
-    """An archive is unsafe (absolute path, ``..``, link, device) or unreadable."""
-
-
 class _TransientError(Exception):
     """A failure worth retrying (dropped connection, 5xx, 429, truncated body)."""
 
 
+#: hexadecimal digits of a full digest.
+DIGEST_DIGITS: dict[str, int] = {"md5": 32, "sha256": 64}
+
+
+def check_digest(value: str | None, kind: str, what: str) -> str | None:
+    """``value`` as a lower-case ``kind`` digest, ``None`` for ``None`` or ``''`` (no check).
+
+    Raise ``ValueError`` naming ``what`` (an option, a field) unless ``value`` is exactly the
+    digest's number of hexadecimal digits (:data:`DIGEST_DIGITS`).
+    """
+    if value is None or value == "":
+        return None
+    digits = DIGEST_DIGITS[kind]
+    if not isinstance(value, str) or not re.fullmatch(rf"[0-9a-fA-F]{{{digits}}}", value):
+        raise ValueError(
+            f"{what} {value!r}: expected {digits} hexadecimal digits (the {kind} digest), "
+            "or '' for none"
+        )
+    return value.lower()
+
+
 @dataclass(frozen=True)
 class Checksums:
-    """Known checksums of one file (hex digests, lower case); ``None`` where unknown."""
+    """Known checksums of one file (hex digests); ``None`` where unknown.
+
+    ``md5`` must be 32 and ``sha256`` 64 hexadecimal digits, ``sha256_prefix`` 1 to 64 (else
+    ``ValueError``); ``''`` counts as unknown.
+    """
 
     md5: str | None = None
     sha256: str | None = None
     sha256_prefix: str | None = None  # e.g. torchvision checkpoints name the first 8 digits
+
+    def __post_init__(self) -> None:
+        for kind in DIGEST_DIGITS:
+            digest = check_digest(getattr(self, kind), kind, f"Checksums.{kind}")
+            object.__setattr__(self, kind, digest)
+        prefix = self.sha256_prefix
+        if prefix is not None and not re.fullmatch(r"[0-9a-fA-F]{1,64}", str(prefix)):
+            raise ValueError(
+                f"Checksums.sha256_prefix {prefix!r}: expected 1 to 64 hexadecimal digits"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,8 +164,17 @@ def read_record(record: str | os.PathLike[str] | None) -> dict[str, dict[str, ob
 
 
 def recorded_sha256(record: str | os.PathLike[str] | None, key: str) -> str | None:
+    """The sha256 recorded for ``key``; ``None`` if none. A malformed one raises DownloadError."""
     entry = read_record(record).get(key)
-    return str(entry["sha256"]) if isinstance(entry, dict) and "sha256" in entry else None
+    if not isinstance(entry, dict) or "sha256" not in entry:
+        return None
+    value = entry["sha256"]
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise DownloadError(
+            f"{record}: the sha256 recorded for {key!r} is {value!r}, expected 64 hexadecimal "
+            f"digits; fix or delete the entry {key!r}"
+        )
+    return value.lower()
 
 
 def record_checksum(
@@ -465,94 +509,3 @@ def link_local(
     os.symlink(src, tmp)
     os.replace(tmp, target)
     return target
-
-
-# --------------------------------------------------------------------------------------------
-# Archives
-# --------------------------------------------------------------------------------------------
-
-
-def archive_kind(path: str | os.PathLike[str]) -> str | None:
-    """``"zip"``, ``"tar"`` or ``None`` (by content, not by name)."""
-    p = Path(path)
-    if zipfile.is_zipfile(p):
-        return "zip"
-    if tarfile.is_tarfile(p):
-        return "tar"
-    return None
-
-
-def check_member_name(name: str, archive: Path) -> PurePosixPath:
-    """The member's relative path; raise :class:`ExtractionError` if it could leave the target."""
-    normalized = name.replace("\\", "/")
-    posix = PurePosixPath(normalized)
-    if (
-        normalized.startswith("/")
-        or re.match(r"^[A-Za-z]:", normalized)
-        or ".." in posix.parts
-        or "\x00" in normalized
-    ):
-        raise ExtractionError(
-            f"{archive}: unsafe member {name!r} (absolute path or '..'); refusing to extract. "
-            "The archive is corrupt or malicious: download it again from a trusted source"
-        )
-    return posix
-
-
-def _extract_zip(archive: Path, out: Path) -> int:
-    with zipfile.ZipFile(archive) as zf:
-        members = zf.infolist()
-        for info in members:  # check everything before writing anything
-            check_member_name(info.filename, archive)
-            kind = stat.S_IFMT(info.external_attr >> 16)  # 0: no Unix type recorded (a file)
-            if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-                raise ExtractionError(
-                    f"{archive}: member {info.filename!r} is a link or special file; refusing "
-                    "to extract"
-                )
-        for info in members:
-            path = out.joinpath(*check_member_name(info.filename, archive).parts)
-            if info.is_dir():
-                path.mkdir(parents=True, exist_ok=True)
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(path, "wb") as dst:
-                shutil.copyfileobj(src, dst, CHUNK_BYTES)
-    return len(members)
-
-
-def _extract_tar(archive: Path, out: Path) -> int:
-    with tarfile.open(archive) as tf:
-        members = tf.getmembers()
-        for member in members:
-            check_member_name(member.name, archive)
-            try:
-                tarfile.data_filter(member, str(out))
-            except tarfile.FilterError as err:
-                raise ExtractionError(
-                    f"{archive}: unsafe member {member.name!r} ({err}); refusing to extract"
-                ) from err
-        tf.extractall(out, filter="data")
-    return len(members)
-
-
-def extract_into(archive: str | os.PathLike[str], out: str | os.PathLike[str]) -> int:
-    """Extract ``archive`` (zip or tar, any compression) into the existing folder ``out``."""
-    src = Path(archive)
-    kind = archive_kind(src)
-    try:
-        if kind == "zip":
-            return _extract_zip(src, Path(out))
-        if kind == "tar":
-            return _extract_tar(src, Path(out))
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
-        raise ExtractionError(f"{src}: cannot be read as an archive ({err})") from err
-    raise ExtractionError(f"{src}: neither a zip nor a tar archive")
-
-
-def safe_extract(archive: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
-    """Extract ``archive`` into the new folder ``target``, atomically (see the module doc)."""
-    with atomic_directory(target) as tmp:
-        count = extract_into(archive, tmp)
-    logger.info("extracted %d members of %s into %s", count, archive, target)
-    return Path(target)

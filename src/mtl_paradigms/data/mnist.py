@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from mtl_paradigms.data.mtan import DatasetError, holdout_indices
+from mtl_paradigms.data.npyfile import load_npy
 from mtl_paradigms.io import atomic_directory, write_json
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ IMAGE_MAGIC, LABEL_MAGIC = 0x803, 0x801
 META_FILE = "multimnist.json"
 ARRAYS: tuple[str, ...] = ("image", "recon_left", "recon_right", "label_left", "label_right")
 TASKS: tuple[str, ...] = ("CL", "CR", "RL", "RR")
+_REPAIR = (
+    "the file is damaged or incomplete (an interrupted write or copy): delete the Multi-MNIST "
+    "folder and run mtlp build-multimnist again"
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,7 +233,7 @@ def load_multimnist(root: str | os.PathLike[str], split: str) -> dict[str, np.nd
         path = base / split / f"{name}.npy"
         if not path.is_file():
             raise DatasetError(f"{path}: missing from the Multi-MNIST folder")
-        array = np.load(path, allow_pickle=False)
+        array = load_npy(path, advice=_REPAIR)
         if array.shape != shape or array.dtype != np.uint8:
             raise DatasetError(f"{path}: expected {shape} uint8, got {array.shape} {array.dtype}")
         out[name] = array

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from mtl_paradigms.data.errors import DatasetError
+from mtl_paradigms.data.npyfile import load_npy
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,13 @@ SIZES: dict[str, dict[str, int]] = {
 PAPER_VAL_SIZE: dict[str, int] = {"nyuv2": 159, "cityscapes": 595}
 #: name of the metadata file a synthetic dataset carries.
 SYNTHETIC_META = "synthetic.json"
+
+#: what to do about a damaged .npy file of a dataset folder.
+REPAIR_MTAN = (
+    "the file is damaged or incomplete (an interrupted download, extraction or copy): delete "
+    "the dataset folder and prepare it again with mtlp prepare-mtan (download the release "
+    "archive again if that fails too)"
+)
 
 IGNORE_LABEL = -1
 LOAD_THREADS = 4  # threads reading files of one folder
@@ -233,13 +241,8 @@ def list_indexed_files(folder: Path) -> int:
 
 
 def _load_array(path: Path) -> np.ndarray:
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DatasetError(f"{path}: cannot be read as a .npy array ({err})") from err
-    if not isinstance(array, np.ndarray):
-        raise DatasetError(f"{path}: expected a single array, got {type(array).__name__}")
-    return array
+    """The array of one dataset file; :class:`DatasetError` (naming it) if damaged."""
+    return load_npy(path, advice=REPAIR_MTAN)
 
 
 def _check_finite(path: Path, array: np.ndarray) -> None:
