@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,7 @@ from mtl_paradigms.runs import (
     build_baseline,
     fixed_weights_from_history,
     metric_directions_of,
+    read_metrics,
     runs_table,
 )
 
@@ -95,3 +97,101 @@ def test_fixed_weights_refuse_a_method_without_weights(tmp_path: Path) -> None:
         fixed_weights_from_history(tmp_path / "none.csv")
     with pytest.raises(ValueError, match="beta"):
         fixed_weights_from_history(tmp_path / "h.csv", beta=1.0)
+
+
+# --------------------------------------------------------------------------- bad metrics.json
+
+
+def _write_runs(root: Path, records: list[dict]) -> list[Path]:
+    paths = []
+    for i, r in enumerate(records):
+        path = root / f"run{i}" / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(r))
+        paths.append(path)
+    return paths
+
+
+def test_aggregate_names_a_truncated_metrics_file_and_writes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mtl_paradigms.cli import main
+
+    records = [*RECORDS, record(None, 0.001, 0, None), record(None, 0.01, 1, None)]
+    paths = _write_runs(tmp_path / "runs", records)
+    bad = paths[3]
+    bad.write_text(json.dumps(records[3])[:57])  # a file cut short mid-write
+    out = tmp_path / "main"
+    args = ["aggregate", *map(str, paths), "--out", str(out / "runs.csv")]
+    args += ["--directions", str(out / "directions.json"), "--claims", str(out / "claims.csv")]
+    args += ["--source", "cityscapes=synthetic"]
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 2
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    message = errors[0].getMessage()
+    assert "\n" not in message
+    assert str(bad) in message
+    assert "not valid JSON (" in message
+    assert "at line 1, column " in message
+    assert "delete it and re-run the workflow" in message
+    assert all(r.exc_info is None for r in caplog.records)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out + caplog.text
+    assert not out.exists() or not any(out.iterdir())  # nothing written, not even part of it
+    # the same files without the bad one aggregate
+    assert main([*args[:4], *map(str, paths[:3] + paths[4:]), *args[1 + len(paths) :]]) == 0
+    assert (out / "runs.csv").is_file()
+
+
+def test_baseline_names_an_invalid_metrics_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mtl_paradigms.cli import main
+
+    paths = _write_runs(tmp_path, [r for r in RECORDS if r["settings"]["tasks"]])
+    paths[1].write_text("")
+    out = tmp_path / "baseline.json"
+    assert main(["baseline", *map(str, paths), "--out", str(out)]) == 2
+    assert f"{paths[1]}: not a run's metrics.json: not valid JSON" in caplog.text
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (
+            '{"settings": {}, "diverged": fal',
+            "not valid JSON (Expecting value at line 1, column 30)",
+        ),
+        ("[1, 2]", "a JSON array, not an object"),
+        ("null", "a JSON null, not an object"),
+        ('{"settings": {}, "diverged": false, "val": {}}', "no 'test' key"),
+        ('{"diverged": false}', "no 'settings', 'val', 'test' key"),
+        (
+            '{"settings": [], "diverged": false, "val": {}, "test": {}}',
+            "'settings' is a JSON array",
+        ),
+        (
+            '{"settings": {"dataset": "nyuv2", "lr": 0.1}, "diverged": 0, "val": {}, "test": {}}',
+            "no 'arch', 'method', 'optimizer', 'seed', 'tasks', 'selection' key in 'settings'",
+        ),
+    ],
+)
+def test_read_metrics_says_what_is_wrong(tmp_path: Path, content: str, problem: str) -> None:
+    path = tmp_path / "ew" / "metrics.json"
+    path.parent.mkdir()
+    path.write_text(content)
+    with pytest.raises(ValueError, match=r"not a run's metrics\.json") as info:
+        read_metrics(path)
+    assert str(info.value) == (
+        f"{path}: not a run's metrics.json: {problem}. It was cut short or written by something "
+        "else: delete it and re-run the workflow, so that Snakemake retrains this run"
+    )
+
+
+def test_read_metrics_refuses_binary_garbage(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.json"
+    path.write_bytes(b'{"settings": \xff\xfe')
+    with pytest.raises(ValueError, match=r"metrics.json: not a run's metrics.json: not UTF-8"):
+        read_metrics(path)

@@ -24,12 +24,56 @@ RUN_COLUMNS = (
 )  # fmt: skip
 
 
+METRICS_KEYS = ("settings", "diverged", "val", "test")
+"""Top-level keys every run's ``metrics.json`` has (see :func:`mtl_paradigms.train.train`)."""
+SETTINGS_KEYS = ("dataset", "arch", "method", "optimizer", "lr", "seed", "tasks", "selection")
+"""Keys of a run's ``settings`` that the runs table and the baseline read."""
+
+
 def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
-    data = json.loads(Path(path).read_text())
-    for key in ("settings", "diverged", "val", "test"):
-        if key not in data:
-            raise ValueError(f"{path}: not a run's metrics.json (no '{key}')")
+    """Load a run's ``metrics.json``.
+
+    Raises ``ValueError`` naming the file, what is wrong with it (not UTF-8, not valid JSON
+    and where, not an object, a missing key) and how to get a good one back: delete it and
+    re-run the workflow, so that Snakemake retrains the run.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise _bad_metrics(path, f"not UTF-8 text (byte {err.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        problem = f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+        raise _bad_metrics(path, problem) from None
+    if not isinstance(data, dict):
+        raise _bad_metrics(path, f"a JSON {_json_type(data)}, not an object")
+    missing = [key for key in METRICS_KEYS if key not in data]
+    if missing:
+        raise _bad_metrics(path, f"no {_keys_text(missing)} key")
+    if not isinstance(data["settings"], dict):
+        raise _bad_metrics(path, f"'settings' is a JSON {_json_type(data['settings'])}")
+    missing = [key for key in SETTINGS_KEYS if key not in data["settings"]]
+    if missing:
+        raise _bad_metrics(path, f"no {_keys_text(missing)} key in 'settings'")
     return data
+
+
+def _bad_metrics(path: Path, problem: str) -> ValueError:
+    return ValueError(
+        f"{path}: not a run's metrics.json: {problem}. It was cut short or written by something "
+        "else: delete it and re-run the workflow, so that Snakemake retrains this run"
+    )
+
+
+def _json_type(value: object) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _keys_text(keys: Sequence[str]) -> str:
+    return ", ".join(f"'{key}'" for key in keys)
 
 
 def build_baseline(metrics_files: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:

@@ -527,3 +527,155 @@ def test_tables_say_how_many_learning_rates_and_epochs_each_row_had() -> None:
     budget = _budget(runs)
     assert budget[("cityscapes", "segnet", "ew", "adam")] == ("2", "6")
     assert budget[("cityscapes", "segnet", "famo", "adam")] == ("1", "3")
+
+
+# --------------------------------------------------------------------------- diverged panels
+
+PANELS = [  # as the workflow declares them (workflow/rules/common.smk, panel_names)
+    {"dataset": "cityscapes", "arch": "segnet", "figure": "fig2_segnet", "table": "tableA4"},
+    {"dataset": "nyuv2", "arch": "deeplabv3", "figure": "figA4_deeplabv3", "table": "tableA7"},
+]
+ALL_DIVERGED = "every MTL run of this panel diverged (144 runs)"
+
+
+def _diverge(runs: pd.DataFrame, sel: pd.Series) -> pd.DataFrame:
+    """``runs`` with the selected rows diverged: no test metrics, no Δm."""
+    out = runs.copy()
+    out.loc[sel, "diverged"] = True
+    out.loc[sel, ["val_delta_m", "test_delta_m", *NYU_METRICS]] = np.nan
+    return out
+
+
+def _nyu_diverged(runs: pd.DataFrame) -> pd.DataFrame:
+    return _diverge(runs, (runs["dataset"] == "nyuv2") & (runs["method"] != "stl"))
+
+
+def _declared_files(panels: list[dict[str, str]]) -> list[str]:
+    figures = ["figA3", *(p["figure"] for p in panels)]
+    tables = ["table2", "tableA2", *(p["table"] for p in panels)]
+    return [f"{f}{s}" for f in figures for s in (".pdf", ".png")] + [
+        f"{t}{s}" for t in tables for s in (".csv", ".md", ".tex")
+    ]
+
+
+def _texts(fig: plt.Figure) -> str:
+    return " ".join(t.get_text().replace("\n", " ") for ax in fig.axes for t in ax.texts)
+
+
+def test_a_panel_whose_runs_all_diverged_gets_artefacts_that_say_so(
+    tmp_path: Path, adam_wins: pd.DataFrame
+) -> None:
+    runs = _nyu_diverged(adam_wins)
+    artefacts = grid_report.write_main_artefacts(runs, DIRECTIONS, PANELS, tmp_path / "all")
+    for name in _declared_files(PANELS):
+        assert (tmp_path / "all" / name).stat().st_size > 0, name
+    assert artefacts.notes == {"nyuv2-deeplabv3": ALL_DIVERGED}
+    # Table A7: one row saying so, in every format
+    a7 = artefacts.tables["tableA7"]
+    assert a7.to_dict("records") == [
+        {"panel": "NYUv2, DeepLabV3", "note": f"{ALL_DIVERGED}; no table"}
+    ]
+    for suffix in (".csv", ".md", ".tex"):
+        assert f"{ALL_DIVERGED}; no table" in (tmp_path / "all" / f"tableA7{suffix}").read_text()
+    # the figures say it in words
+    assert f"{ALL_DIVERGED}; no figure" in _texts(artefacts.figures["figA4_deeplabv3"])
+    assert ALL_DIVERGED in _texts(artefacts.figures["figA3"])
+    # Table 2: the panel with no runs; Table A2: named in the caption
+    t2 = artefacts.tables["table2"].set_index("dataset")
+    assert t2.loc["NYUv2", "all MTL runs"] == 0
+    assert pd.isna(t2.loc["NYUv2", "Adam PO w.r.t. SGD+mom only"])
+    for name in ("table2", "tableA2"):
+        md = (tmp_path / "all" / f"{name}.md").read_text()
+        assert f"Nothing to compare in NYUv2, DeepLabV3: {ALL_DIVERGED}." in md
+    assert set(artefacts.tables["tableA2"]["dataset"]) == {"Cityscapes"}
+    # the healthy panel's table and figure are those of a run table without the other panel
+    alone = adam_wins[adam_wins["dataset"] == "cityscapes"]
+    grid_report.write_main_artefacts(alone, DIRECTIONS, PANELS[:1], tmp_path / "alone")
+    for name in ("tableA4.csv", "tableA4.md", "tableA4.tex", "fig2_segnet.png"):
+        assert (tmp_path / "all" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
+
+
+def test_claims_cannot_judge_a_panel_whose_runs_all_diverged(adam_wins: pd.DataFrame) -> None:
+    runs = _nyu_diverged(adam_wins)
+    claims = grid_report.grid_claims(runs, DIRECTIONS)
+    unjudged = f"nyuv2-deeplabv3: cannot be judged, {ALL_DIVERGED}"
+    assert not any(c.reproduced for c in claims)  # Adam wins on Cityscapes, but not judged
+    assert all(c.measured.endswith(unjudged) for c in claims)
+    assert "cityscapes-segnet: Adam PO all/w.r.t. SGD" in claims[0].measured
+    assert "overall 5/5 methods" in claims[1].measured
+    assert set(grid_report.adam_vs_sgd_delta_m(runs)["dataset"]) == {"cityscapes"}
+    every = _diverge(adam_wins, adam_wins["method"] != "stl")
+    claims = grid_report.grid_claims(every, DIRECTIONS)
+    assert not any(c.reproduced for c in claims)
+    assert claims[0].measured.startswith("synthetic data: no panel with both Adam and SGD runs; ")
+    assert all(c.measured.count("cannot be judged") == 2 for c in claims)
+
+
+def test_every_panel_diverged_still_writes_every_artefact(
+    tmp_path: Path, adam_wins: pd.DataFrame
+) -> None:
+    runs = _diverge(adam_wins, adam_wins["method"] != "stl")
+    artefacts = grid_report.write_main_artefacts(runs, DIRECTIONS, PANELS, tmp_path)
+    for name in _declared_files(PANELS):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert set(artefacts.notes) == {"cityscapes-segnet", "nyuv2-deeplabv3"}
+    assert grid_report.adam_vs_sgd_delta_m(runs).empty
+    # a declared panel with no row in the run table at all says that
+    missing = {"dataset": "nyuv2", "arch": "segnet", "figure": "figA4_segnet", "table": "tableA6"}
+    artefacts = grid_report.write_main_artefacts(adam_wins, DIRECTIONS, [missing], tmp_path)
+    note = "no MTL run of this panel in the runs table"
+    assert artefacts.notes == {"nyuv2-segnet": note}
+    assert f"{note}; no table" in (tmp_path / "tableA6.csv").read_text()
+    assert f"{note}; no figure" in _texts(artefacts.figures["figA4_segnet"])
+
+
+def test_a_panel_where_some_optimizers_and_methods_diverged_keeps_its_tables(
+    tmp_path: Path, adam_wins: pd.DataFrame
+) -> None:
+    nyu = adam_wins["dataset"] == "nyuv2"
+    sel = nyu & (adam_wins["optimizer"] == "adam") & (adam_wins["method"] != "stl")
+    sel |= (adam_wins["method"] == "uw") & (adam_wins["optimizer"] == "sgd")
+    runs = _diverge(adam_wins, sel)
+    artefacts = grid_report.write_main_artefacts(runs, DIRECTIONS, PANELS, tmp_path)
+    for name in _declared_files(PANELS):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert artefacts.notes == {}
+    a7 = artefacts.tables["tableA7"]
+    assert "normal mean" in a7.columns
+    adam = a7[(a7["optimizer"] == "Adam") & ~a7["method"].str.startswith("STL")]
+    assert len(adam) == 6
+    assert (adam["Δm (%)"] == "all runs failed").all()
+    assert "Nothing to compare" not in (tmp_path / "table2.md").read_text()
+    claims = grid_report.grid_claims(runs, DIRECTIONS)
+    assert not any("cannot be judged" in c.measured for c in claims)
+    assert claims[0].reproduced  # judged on Cityscapes; NYUv2 has no Adam run to compare
+
+
+def test_main_notebook_finishes_when_a_panel_all_diverged(
+    tmp_path: Path, adam_wins: pd.DataFrame
+) -> None:
+    import json
+
+    import nbformat
+
+    from mtl_paradigms.notebooks import execute_notebook
+
+    root = Path(__file__).resolve().parents[2]
+    _nyu_diverged(adam_wins).to_csv(tmp_path / "runs.csv", index=False)
+    (tmp_path / "directions.json").write_text(json.dumps(DIRECTIONS))
+    params = {
+        "runs_path": str(tmp_path / "runs.csv"),
+        "directions_path": str(tmp_path / "directions.json"),
+        "figures_dir": str(tmp_path / "figures"),
+        "panels": PANELS,
+    }
+    out, html = tmp_path / "main.ipynb", tmp_path / "main.html"
+    execute_notebook(root / "notebooks" / "main.ipynb", out, html, params, cwd=tmp_path)
+    assert html.stat().st_size > 0
+    for name in _declared_files(PANELS):
+        assert (tmp_path / "figures" / name).stat().st_size > 0, name
+    executed = nbformat.read(out, as_version=4)
+    printed = "".join(
+        o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs
+    )
+    assert f"nyuv2-deeplabv3: {ALL_DIVERGED}" in printed

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from mtl_paradigms.analysis import grid, paper_values
+from mtl_paradigms.analysis import grid, paper_values, placeholders
 from mtl_paradigms.analysis.claims import Claim
 from mtl_paradigms.analysis.outputs import save_figure, write_table
 from mtl_paradigms.analysis.pareto import pareto_counts, pareto_mask
@@ -153,8 +153,8 @@ def plot_parallel_coordinates(
         fig = ax.figure
     ax.set_title(f"{panel_title(dataset, arch)}: {len(pts)} runs (up = better)", fontsize=10)
     if len(pts) == 0 or not cols:
-        ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center")
-        ax.set_axis_off()
+        note = placeholders.empty_panel_note(runs, dataset, arch)
+        placeholders.say_on_axes(ax, "no runs" if note is None else f"{note}; no figure")
     else:
         optimal = pareto_mask(pts, hib)
         lo, hi = pts.min(axis=0), pts.max(axis=0)
@@ -242,8 +242,9 @@ def plot_parallel_coordinates_panels(
     archs = [a for d, a in grid.panels(runs) if d == dataset]
     if not archs:
         raise ValueError(f"no runs for dataset {dataset!r}")
-    if metrics is None:
-        metrics = grid.panel_metrics(runs, dataset, archs[0])
+    if metrics is None:  # the axes of the first panel with any (a panel may have none)
+        per_arch = (grid.panel_metrics(runs, dataset, arch) for arch in archs)
+        metrics = next((m for m in per_arch if m), [])
     n_axes = len(metrics)
     fig, axes = plt.subplots(
         len(archs), 1, figsize=(1.25 * max(n_axes, 2) + 2.5, 3.8 * len(archs)), squeeze=False
@@ -340,7 +341,7 @@ def table2(
             f"{_name(OPTIMIZER_NAMES, b)}: among all non-diverged MTL runs of a panel (all "
             "methods, learning rates, seeds and optimizers), and against the other optimizer's "
             "runs only (not dominated by any of them). Objective space: all test metrics."
-        )
+        ) + placeholders.caption_note(runs, panel_title)
         write_table(_for_output(table), stem, caption)
     return table
 
@@ -367,6 +368,7 @@ def table_a2(
             else "Pareto status within all MTL runs of the panel, counted per method"
         )
         caption = f"Pareto-optimal runs per method ({pool}). Objective space: all test metrics."
+        caption += placeholders.caption_note(runs, panel_title)
         write_table(_for_output(table), stem, caption)
     return table
 
@@ -472,16 +474,25 @@ def tables_a4_a7(
     optimizer, selected lr, seeds (non-diverged runs at that lr), every test metric and Δm as
     ``mean ± std`` over seeds, and the paper's Δm. With ``out_dir``, each table is written as
     ``out_dir/<name>.csv/.md/.tex``, ``name`` from ``names`` (panel key -> file stem, e.g. the
-    paper's ``tableA4``) or ``table_a4_a7_<panel>``.
+    paper's ``tableA4``) or ``table_a4_a7_<panel>``. A panel whose MTL runs all diverged gets a
+    one-row table saying so (:func:`placeholders.placeholder_table`).
     """
     selected = _selected_summary(runs)
     stl = grid.stl_summary(runs)
     tables = {}
-    for dataset, arch in grid.panels(grid.mtl_runs(runs)):
+    empty = placeholders.empty_panels(runs)
+    for dataset, arch in grid.panels(runs):
+        key = panel_name(dataset, arch)
+        name = (names or {}).get(key, f"table_a4_a7_{key}")
+        if (dataset, arch) in empty:  # every MTL run diverged: a table that says so
+            note, title = empty[dataset, arch], panel_title(dataset, arch)
+            tables[key] = placeholders.placeholder_table(title, note)
+            if out_dir is not None:
+                placeholders.write_placeholder_table(title, note, Path(out_dir) / name)
+            continue
         metrics = grid.panel_metrics(runs, dataset, arch)
         _require_directions(metrics, directions)
         table = _panel_table(runs, selected, stl, dataset, arch)
-        key = panel_name(dataset, arch)
         tables[key] = table
         if out_dir is not None:
             up = ", ".join(_name(METRIC_NAMES, m) for m in metrics if directions[m])
@@ -493,7 +504,6 @@ def tables_a4_a7(
                 "smaller sweep and are not comparable with the full grid). Higher is "
                 f"better: {up or 'none'}; lower is better: {down or 'none'}."
             )
-            name = (names or {}).get(key, f"table_a4_a7_{key}")
             write_table(table, Path(out_dir) / name, caption)
     return tables
 
@@ -525,9 +535,12 @@ def plot_fig_a3(
     if not panel_list:
         axes[0, 0].text(0.5, 0.5, "no runs", ha="center", va="center")
     present = grid.ordered_values(selected["optimizer"], "optimizer")
+    empty = placeholders.empty_panels(runs)
     for ax, (dataset, arch) in zip(axes.flat, panel_list, strict=False):
         _draw_a3_panel(ax, grid.panel_runs(selected, dataset, arch), present, show_paper)
         ax.set_title(panel_title(dataset, arch), fontsize=10)
+        if (dataset, arch) in empty:
+            placeholders.say_on_axes(ax, empty[dataset, arch], hide_axes=False, y=0.75)
     handles: list = [
         Patch(color=_optimizer_color(o, present), label=_name(OPTIMIZER_NAMES, o)) for o in present
     ]
@@ -582,8 +595,10 @@ def _pareto_claim(runs: pd.DataFrame, directions: Mapping[str, bool], prefix: st
     source = "Elich et al. 2024, Table 2, Fig. 2, Fig. A4"
     counts = pareto_counts(runs, None, directions, a="adam", b="sgd")
     comparable = counts[(counts["n_a"] > 0) & (counts["n_b"] > 0)]
+    unjudged = placeholders.unjudged(runs, panel_name)
     if comparable.empty:
-        return Claim(STAGE, claim, source, f"{prefix}no panel with both Adam and SGD runs", False)
+        measured = f"{prefix}no panel with both Adam and SGD runs{unjudged}"
+        return Claim(STAGE, claim, source, measured, False)
     parts = []
     for r in comparable.itertuples(index=False):
         paper = paper_values.paper_table2(r.dataset, r.arch)
@@ -597,8 +612,8 @@ def _pareto_claim(runs: pd.DataFrame, directions: Mapping[str, bool], prefix: st
             f"{panel_name(r.dataset, r.arch)}: Adam PO all/w.r.t. SGD {r.a_po_all}/{r.a_po_vs_b}, "
             f"SGD PO all/w.r.t. Adam {r.b_po_all}/{r.b_po_vs_a}{paper_text}"
         )
-    reproduced = bool((comparable["a_po_vs_b"] > comparable["b_po_vs_a"]).all())
-    return Claim(STAGE, claim, source, prefix + "; ".join(parts), reproduced)
+    reproduced = bool((comparable["a_po_vs_b"] > comparable["b_po_vs_a"]).all()) and not unjudged
+    return Claim(STAGE, claim, source, prefix + "; ".join(parts) + unjudged, reproduced)
 
 
 def adam_vs_sgd_delta_m(runs: pd.DataFrame) -> pd.DataFrame:
@@ -636,8 +651,10 @@ def _delta_claim(runs: pd.DataFrame, prefix: str) -> Claim:
     claim = "Adam's Δm ≤ SGD's for most methods"
     source = "Elich et al. 2024, Fig. A3, Tables A4–A7"
     compared = adam_vs_sgd_delta_m(runs)
+    unjudged = placeholders.unjudged(runs, panel_name)
     if compared.empty:
-        return Claim(STAGE, claim, source, f"{prefix}no method run with both Adam and SGD", False)
+        measured = f"{prefix}no method run with both Adam and SGD{unjudged}"
+        return Claim(STAGE, claim, source, measured, False)
     parts = []
     for (dataset, arch), group in compared.groupby(["dataset", "arch"], sort=False):
         lost = [_name(METHOD_NAMES, m) for m in group.loc[~group["adam_le_sgd"], "method"]]
@@ -647,8 +664,8 @@ def _delta_claim(runs: pd.DataFrame, prefix: str) -> Claim:
             f"{lost_text}"
         )
     wins, total = int(compared["adam_le_sgd"].sum()), len(compared)
-    measured = f"{prefix}" + "; ".join(parts) + f"; overall {wins}/{total} methods"
-    return Claim(STAGE, claim, source, measured, wins > total / 2)
+    measured = f"{prefix}" + "; ".join(parts) + f"; overall {wins}/{total} methods{unjudged}"
+    return Claim(STAGE, claim, source, measured, wins > total / 2 and not unjudged)
 
 
 def grid_claims(runs: pd.DataFrame, directions: Mapping[str, bool]) -> list[Claim]:
@@ -659,6 +676,9 @@ def grid_claims(runs: pd.DataFrame, directions: Mapping[str, bool]) -> list[Clai
     2. "Adam's Δm ≤ SGD's for most methods": reproduced iff, over all panels, more than half
        of the (panel, method) pairs run with both optimizers have Adam's selected-lr mean test
        Δm ≤ SGD's.
+
+    A panel without a non-diverged MTL run (every run diverged) cannot be judged: the claims
+    name it and are then not reproduced.
     """
     prefix = "synthetic data: " if grid.data_source(runs) == "synthetic" else ""
     return [_pareto_claim(runs, directions, prefix), _delta_claim(runs, prefix)]
@@ -673,6 +693,7 @@ class MainArtefacts:
 
     figures: dict[str, Figure]  # artefact id -> figure (closed; IPython's display still shows it)
     tables: dict[str, pd.DataFrame]  # artefact id -> table
+    notes: dict[str, str] = field(default_factory=dict)  # panel name -> why it shows nothing
 
 
 def write_main_artefacts(
@@ -686,7 +707,8 @@ def write_main_artefacts(
     ``panels``: one mapping per dataset x architecture with keys ``dataset``, ``arch``,
     ``figure`` (e.g. ``fig2_segnet``) and ``table`` (e.g. ``tableA4``). Writes the per-panel
     parallel-coordinate figure and Tables A4-A7, plus ``table2``, ``tableA2`` and ``figA3``,
-    and returns them keyed by those ids.
+    and returns them keyed by those ids: every declared id, also for a panel whose runs all
+    diverged (its table and figure say so; ``notes`` has why).
     """
     out = Path(figures_dir)
     figures: dict[str, Figure] = {}
@@ -700,6 +722,14 @@ def write_main_artefacts(
     names = {panel_name(p["dataset"], p["arch"]): p["table"] for p in panels}
     panel_tables = tables_a4_a7(runs, directions, out_dir=out, names=names)
     tables = {names[key]: table for key, table in panel_tables.items() if key in names}
+    notes: dict[str, str] = {}
+    for d, a, table in ((p["dataset"], p["arch"], p["table"]) for p in panels):
+        if (note := placeholders.empty_panel_note(runs, d, a)) is not None:
+            notes[panel_name(d, a)] = note
+            if table not in tables:  # no row of the panel in the runs table at all
+                tables[table] = placeholders.write_placeholder_table(
+                    panel_title(d, a), note, out / table
+                )
     tables["table2"] = table2(runs, directions, stem=out / "table2")
     tables["tableA2"] = table_a2(runs, directions, stem=out / "tableA2")
-    return MainArtefacts(figures, tables)
+    return MainArtefacts(figures, tables, notes)

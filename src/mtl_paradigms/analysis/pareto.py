@@ -9,7 +9,8 @@ Conventions:
   dominate anything.
 * Counts (:func:`pareto_counts`) use the MTL runs only: STL rows (method ``"stl"``) and
   diverged runs are dropped before anything is compared. All learning rates, seeds and
-  methods of a panel (dataset × architecture) take part.
+  methods of a panel (dataset × architecture) take part. A panel whose MTL runs all diverged
+  still gets its row in :func:`pareto_counts` (no runs: counts 0, NA where undefined).
 """
 
 from __future__ import annotations
@@ -145,17 +146,18 @@ def pareto_counts(
     ``metrics``: the metric columns spanning the objective space; ``None`` takes, per panel,
     every ``task/metric`` column with a value for that panel's MTL runs.
 
-    With ``by`` (e.g. ``"method"``) one row per panel × value of ``by``. ``scope="within"``:
-    each value forms its own pool (Adam-EW runs against SGD-EW runs, ...). ``scope="global"``:
-    the pool stays the whole panel and the panel's counts are split by ``by`` (the rows then
-    sum to the ``by=None`` counts).
+    Every panel of ``runs`` gets a row; one without a non-diverged MTL run (all diverged) has
+    zero runs and counts. With ``by`` (e.g. ``"method"``) one row per panel × value of ``by``
+    among the panel's non-diverged MTL runs. ``scope="within"``: each value forms its own pool
+    (Adam-EW runs against SGD-EW runs, ...). ``scope="global"``: the pool stays the whole panel
+    and the panel's counts are split by ``by`` (the rows then sum to the ``by=None`` counts).
     """
     if scope not in ("within", "global"):
         raise ValueError(f"scope must be 'within' or 'global', got {scope!r}")
     mtl = grid.mtl_runs(runs)
     keys = [*grid.PANEL_KEYS, *([by] if by else [])]
     rows = []
-    for dataset, arch in grid.panels(mtl):
+    for dataset, arch in grid.panels(runs):  # also those whose runs all diverged
         panel = mtl[(mtl["dataset"] == dataset) & (mtl["arch"] == arch)]
         cols = list(metrics) if metrics is not None else grid.panel_metrics(runs, dataset, arch)
         hib = _directions_for(cols, directions)
