@@ -310,8 +310,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as err:
         log.error("invalid settings: %s", err)
         return 2
-    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+    except ValueError as err:  # DatasetError, CheckpointError, bad files: the message names it
         log.error("%s", err)
+        return 2
+    except OSError as err:  # missing files, permissions, a full disk
+        where = f"{err.filename}: " if err.filename else ""
+        log.error("%s%s", where, err.strerror or err)
         return 2
     return 0
 

@@ -12,12 +12,18 @@ Conventions
 * Methods follow the scale convention of :mod:`mtl_paradigms.methods.base`: a weighting's
   ``combine`` is back-propagated; for an aggregator the shared parameters receive the aggregated
   direction of the per-task gradients and each head ``(1/T) grad L_t``.
-* Divergence: the summed epoch loss is checked once per epoch (no per-step host sync); a
-  non-finite value marks the run diverged, training stops and ``metrics.json`` records it. A
-  diverged run is a result, not an error.
+* Divergence: checked once per epoch (no per-step host sync). A run diverged when an epoch's
+  mean training loss of a task, its validation loss or one of its metrics is not finite, or when
+  the loss *exploded*: the epoch's summed mean training loss, or the summed validation loss,
+  exceeds ``divergence_factor`` (default 100) times the summed task losses of the run's very
+  first step (the model at initialisation; every task loss is non-negative). Training then stops
+  and ``metrics.json`` records ``diverged: true`` with the reason (``divergence``). A diverged
+  run is a result, not an error.
 * Checkpoint/resume: after every epoch ``checkpoint.pt`` (model, optimizer, scheduler, method
   state, random-number-generator states, history, best epoch) is written atomically; a restarted
-  run continues from it and produces the same metrics as an uninterrupted one.
+  run continues from it and produces the same metrics as an uninterrupted one. A checkpoint is
+  resumed only if it carries this run's identity (settings, data, baseline; see
+  :mod:`mtl_paradigms.checkpoint`); one of other settings is moved aside and the run starts anew.
 * Determinism: the same settings and seed give identical metrics on the CPU (tested).
 """
 
@@ -40,10 +46,21 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mtl_paradigms.analysis.delta import delta
+from mtl_paradigms.checkpoint import (
+    CHECKPOINT,
+    CheckpointError,
+    RunState,
+    clean_stale_temporaries,
+    data_fingerprint,
+    load_checkpoint,
+    move_aside,
+    run_identity,
+    save_checkpoint,
+)
 from mtl_paradigms.data.mtan import NUM_CLASSES, TASKS, MTANSplit
 from mtl_paradigms.data.splits import dataset_tasks, load_splits
 from mtl_paradigms.data.transforms import augment_batch
-from mtl_paradigms.io import atomic_path, atomic_write, write_json
+from mtl_paradigms.io import atomic_write, write_json
 from mtl_paradigms.methods import Method, make_method
 from mtl_paradigms.models import MultiTaskModel, build_model
 from mtl_paradigms.optim import SignSGD
@@ -53,13 +70,12 @@ from mtl_paradigms.updates import StepOutput, Updater, make_updater, task_losses
 
 __all__ = [
     "CHECKPOINT", "HISTORY", "METRICS", "StepOutput", "TrainSettings", "batched_jacobian",
-    "compile_model", "evaluate", "make_optimizer", "speed_flags", "task_losses", "train",
-    "training_step",
+    "compile_model", "divergence_reason", "evaluate", "make_optimizer", "speed_flags",
+    "task_losses", "train", "training_step",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
 COMPILED_GRAPHS = 256
 """With ``compile``: graphs torch.compile may keep per code object (``recompile_limit``)."""
 METRICS = "metrics.json"
@@ -78,6 +94,8 @@ class TrainSettings:
     ``label`` is the name the run is tabulated under (default: the method's;
     ``fixed_from_<method>`` for fixed weights taken from another run). Adam's betas/eps and
     SGD's momentum are not stated in the paper; (0.9, 0.999), 1e-8 and 0.9 are the usual values.
+    ``divergence_factor``: how far the summed loss may grow above the first step's before the
+    run counts as diverged (module doc, "Divergence").
 
     Speed switches, all off by default (the default path is the one tested for determinism):
     ``fused_optimizer`` uses torch's fused Adam / SGD kernels (same update, other rounding;
@@ -126,6 +144,7 @@ class TrainSettings:
     cudnn_benchmark: bool = False
     compile: bool = False
     compile_mode: Literal["default", "reduce-overhead"] = "default"
+    divergence_factor: float = 100.0
 
     def __post_init__(self) -> None:
         if self.compile_mode != "default" and not self.compile:
@@ -142,6 +161,11 @@ class TrainSettings:
                 raise SettingsError(f"train.{name} must be a finite non-negative number")
         if self.lr <= 0:
             raise SettingsError(f"train.lr must be positive, got {self.lr}")
+        if math.isnan(self.divergence_factor) or self.divergence_factor <= 1:
+            raise SettingsError(
+                f"train.divergence_factor must be above 1 (or .inf to judge only non-finite "
+                f"losses), got {self.divergence_factor}"
+            )
         for name in ("epochs", "batch_size", "eval_batch_size", "lr_step_every", "val_size"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"train.{name} must be at least 1, got {getattr(self, name)}")
@@ -294,16 +318,6 @@ def evaluate(
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RunState:
-    """Everything needed to continue a run: saved in the checkpoint after every epoch."""
-
-    epoch: int = 0  # epochs completed
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] | None = None  # the selected epoch's record
-    diverged: bool = False
-
-
 class TrainCallback(Protocol):
     """An observer of a run (e.g. :class:`mtl_paradigms.gradstats.extract.GradStatsCallback`).
 
@@ -311,7 +325,8 @@ class TrainCallback(Protocol):
     the tasks and the update's batch (augmented); it must change neither the model, its
     gradients, its buffers nor the trainer's random state. ``on_epoch_end`` runs after every epoch
     (``epoch`` counts from 1) and before the checkpoint is written, so what a callback flushes
-    there is never written twice by a resumed run. Its ``state_dict`` is saved in the checkpoint.
+    there is never written twice by a resumed run. Its ``state_dict`` is saved in the checkpoint;
+    its ``identity`` (the settings that shape what it writes) is part of the run's identity.
     """
 
     def on_step(
@@ -329,12 +344,22 @@ class TrainCallback(Protocol):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
+    def identity(self) -> dict[str, Any]: ...
+
 
 def load_baseline(path: str | os.PathLike[str] | None) -> dict[str, dict[str, float]] | None:
     """The single-task baseline (``{"val": {...}, "test": {...}}``) written by ``mtlp baseline``."""
     if path is None:
         return None
-    data = json.loads(Path(path).read_text())
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: not a valid baseline file ({err}); delete it and run the workflow again "
+            "to rebuild it from the single-task runs"
+        ) from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a baseline file (no JSON object); delete it and rebuild")
     for key in ("val", "test"):
         if key not in data:
             raise ValueError(f"{path}: baseline file lacks '{key}' metrics")
@@ -384,7 +409,13 @@ def _train(
 
     tasks = dataset_tasks(settings)
     directions = metric_directions(tasks)
-    train_split, val_split, test_split = (s.to(device) for s in load_splits(settings, list(tasks)))
+    splits = load_splits(settings, list(tasks))
+    identity = run_identity(
+        asdict(settings), data_fingerprint(splits), baseline,
+        [callback.identity() for callback in callbacks],
+    )  # fmt: skip
+    train_split, val_split, test_split = (s.to(device) for s in splits)
+    del splits
     model = build_model(
         settings.arch,
         {name: task.out_channels for name, task in tasks.items()},
@@ -418,9 +449,21 @@ def _train(
 
     state = RunState()
     checkpoint = out / CHECKPOINT
+    clean_stale_temporaries(out)
     if checkpoint.exists():
-        state = _restore(checkpoint, model, updater, schedulers, method, generator, callbacks)
-        log.info("resuming %s after epoch %d", out, state.epoch)
+        payload = load_checkpoint(checkpoint)
+        if payload.get("identity") == identity:
+            state = _restore(checkpoint, payload, model, updater, schedulers, method, generator,
+                             callbacks)  # fmt: skip
+            log.info("resuming %s after epoch %d (run identity %s)", out, state.epoch, identity)
+        else:
+            aside = move_aside(checkpoint, payload.get("identity"))
+            log.warning(
+                "%s was written by another run (identity %s; this run: %s): other settings, "
+                "data or baseline. Moved it to %s; training from scratch",
+                checkpoint, payload.get("identity") or "none recorded", identity, aside.name,
+            )  # fmt: skip
+        del payload
 
     baseline_val = dict(baseline["val"]) if baseline is not None else None
     baseline_test = dict(baseline["test"]) if baseline is not None else None
@@ -434,14 +477,14 @@ def _train(
         if state.diverged:
             break
         started = time.perf_counter()
-        loss_sum, weight_sum, steps = _train_epoch(
+        loss_sum, weight_sum, steps, first_losses = _train_epoch(
             updater, tasks, train_split, settings, generator, callbacks, epoch
         )
         method.epoch_end((loss_sum / steps).detach())
         mean_losses = (loss_sum / steps).tolist()
-        if not all(math.isfinite(v) for v in mean_losses):
-            state.diverged = True
-            log.warning("%s diverged in epoch %d (losses %s)", out, epoch + 1, mean_losses)
+        if state.initial_loss is None:
+            state.initial_loss = float(first_losses.sum())
+        _check_divergence(state, settings, epoch + 1, "training", mean_losses, out)
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "lr": schedulers[0].get_last_lr()[0],
@@ -462,10 +505,10 @@ def _train(
             record["val_loss"] = val_loss
             record |= {f"val/{k}": v for k, v in val.items()}
             record |= {f"test/{k}": v for k, v in test.items()}
-            if not all(math.isfinite(v) for v in (val_loss, *val.values(), *test.values())):
+            if not all(math.isfinite(v) for v in (*val.values(), *test.values())):
                 # The parameters blew up late in the epoch: the model predicts NaN/inf.
-                state.diverged = True
-                log.warning("%s diverged in epoch %d (non-finite evaluation)", out, epoch + 1)
+                _mark_diverged(state, epoch + 1, "non-finite evaluation metrics", out)
+            _check_divergence(state, settings, epoch + 1, "validation", [val_loss], out)
         if not state.diverged:
             if baseline_val is not None and baseline_test is not None:
                 record["val_delta_m"] = delta(val, _restrict(baseline_val, val), directions)
@@ -482,11 +525,49 @@ def _train(
             callback.on_epoch_end(state.epoch, model)
         for scheduler in schedulers:
             scheduler.step()
-        _save(checkpoint, state, model, updater, schedulers, method, generator, callbacks)
+        _save(checkpoint, state, identity, model, updater, schedulers, method, generator,
+              callbacks)  # fmt: skip
         if stop_at is not None and state.epoch >= stop_at:
             return {}
     bar.close()
-    return _finish(out, settings, state)
+    return _finish(out, settings, state, identity)
+
+
+def _mark_diverged(state: RunState, epoch: int, reason: str, out: Path) -> None:
+    if not state.diverged:
+        state.diverged, state.divergence = True, f"epoch {epoch}: {reason}"
+        log.warning("%s diverged in epoch %d: %s", out, epoch, reason)
+
+
+def divergence_reason(
+    losses: Sequence[float], initial_loss: float | None, factor: float, what: str = "training"
+) -> str | None:
+    """Why ``losses`` (one epoch's mean training loss per task, or the summed validation loss)
+    mark a run diverged, or ``None``: a non-finite value, or a sum above ``factor`` times the
+    first step's summed loss ``initial_loss`` (module doc, "Divergence")."""
+    if not all(math.isfinite(v) for v in losses):
+        return f"non-finite {what} loss {list(losses)}"
+    total = sum(losses)
+    usable = initial_loss is not None and math.isfinite(initial_loss) and initial_loss > 0
+    if usable and total > factor * initial_loss:  # type: ignore[operator]
+        return (
+            f"{what} loss {total:.4g} exceeds divergence_factor {factor:g} x the first "
+            f"step's loss {initial_loss:.4g}"
+        )
+    return None
+
+
+def _check_divergence(
+    state: RunState,
+    settings: TrainSettings,
+    epoch: int,
+    what: str,
+    losses: Sequence[float],
+    out: Path,
+) -> None:
+    reason = divergence_reason(losses, state.initial_loss, settings.divergence_factor, what)
+    if reason is not None:
+        _mark_diverged(state, epoch, reason, out)
 
 
 def _restrict(baseline: Mapping[str, float], metrics: Mapping[str, float]) -> dict[str, float]:
@@ -516,7 +597,9 @@ def _train_epoch(
     generator: torch.Generator,
     callbacks: Sequence[TrainCallback] = (),
     epoch: int = 0,
-) -> tuple[Tensor, Tensor, int]:
+) -> tuple[Tensor, Tensor, int, Tensor]:
+    """One epoch: the summed per-task losses and weights, the number of steps, and the first
+    step's per-task losses."""
     device = split.images.device
     first_iteration = epoch * (len(split) // settings.batch_size)
     order = torch.randperm(len(split), generator=generator).to(device)
@@ -536,6 +619,8 @@ def _train_epoch(
         for callback in callbacks:
             callback.on_step(first_iteration + steps, updater.model, tasks, images, targets)
         out = updater.step(images, targets)
+        if steps == 0:
+            first_losses = out.losses.detach().clone()
         loss_sum += out.losses
         weight_sum += out.weights.to(weight_sum.dtype)
         steps += 1
@@ -543,12 +628,13 @@ def _train_epoch(
         raise SettingsError(
             f"train.batch_size {settings.batch_size} exceeds the {len(split)} training images"
         )
-    return loss_sum, weight_sum, steps
+    return loss_sum, weight_sum, steps, first_losses
 
 
 def _save(
     path: Path,
     state: RunState,
+    identity: str,
     model: nn.Module,
     updater: Updater,
     schedulers: Sequence[Any],
@@ -556,8 +642,7 @@ def _save(
     generator: torch.Generator,
     callbacks: Sequence[TrainCallback] = (),
 ) -> None:
-    payload = {
-        "state": asdict(state),
+    parts = {
         "model": model.state_dict(),
         "updater": updater.state_dict(),
         "schedulers": [s.state_dict() for s in schedulers],
@@ -567,12 +652,12 @@ def _save(
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "callbacks": [callback.state_dict() for callback in callbacks],
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_checkpoint(path, state, identity, parts)
 
 
 def _restore(
     path: Path,
+    payload: Mapping[str, Any],
     model: nn.Module,
     updater: Updater,
     schedulers: Sequence[Any],
@@ -580,39 +665,43 @@ def _restore(
     generator: torch.Generator,
     callbacks: Sequence[TrainCallback] = (),
 ) -> RunState:
+    """Load a checkpoint of this run's identity into the run's objects."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a corrupt checkpoint cannot be trusted: say so, lose nothing
-        raise RuntimeError(
-            f"{path}: cannot read the checkpoint ({err}); move it away to restart the run"
+        model.load_state_dict(payload["model"])
+        method.load_state_dict(payload["method"])
+        updater.load_state_dict(payload["updater"])
+        for scheduler, saved in zip(schedulers, payload["schedulers"], strict=True):
+            scheduler.load_state_dict(saved)
+        generator.set_state(payload["generator"])
+        torch.set_rng_state(payload["torch_rng"])
+        if payload["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["cuda_rng"])
+        saved_callbacks = payload.get("callbacks", [])
+        if len(saved_callbacks) != len(callbacks):
+            raise ValueError(
+                f"it holds {len(saved_callbacks)} callback state(s), the run has {len(callbacks)}"
+            )
+        for callback, saved in zip(callbacks, saved_callbacks, strict=True):
+            callback.load_state_dict(saved)
+        return RunState(**payload["state"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: carries this run's identity but does not fit the run ({reason[:200]}); it "
+            "is left as it is: move it away (or delete it) to restart this run from scratch"
         ) from err
-    model.load_state_dict(payload["model"])
-    method.load_state_dict(payload["method"])
-    updater.load_state_dict(payload["updater"])
-    for scheduler, saved in zip(schedulers, payload["schedulers"], strict=True):
-        scheduler.load_state_dict(saved)
-    generator.set_state(payload["generator"])
-    torch.set_rng_state(payload["torch_rng"])
-    if payload["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(payload["cuda_rng"])
-    saved_callbacks = payload.get("callbacks", [])
-    if callbacks and len(saved_callbacks) != len(callbacks):
-        raise RuntimeError(
-            f"{path}: the checkpoint holds {len(saved_callbacks)} callback state(s), the run has "
-            f"{len(callbacks)}; resume with the same callbacks or move the checkpoint away"
-        )
-    for callback, saved in zip(callbacks, saved_callbacks, strict=False):
-        callback.load_state_dict(saved)
-    return RunState(**payload["state"])
 
 
-def _finish(out: Path, settings: TrainSettings, state: RunState) -> dict[str, Any]:
+def _finish(out: Path, settings: TrainSettings, state: RunState, identity: str) -> dict[str, Any]:
     history = pd.DataFrame(state.history)
+    history["run_identity"] = identity
     atomic_write(out / HISTORY, lambda p: history.to_csv(p, index=False))
     best = state.best
     metrics: dict[str, Any] = {
         "settings": asdict(settings),
+        "run_identity": identity,
         "diverged": state.diverged,
+        "divergence": state.divergence,
         "epochs_run": state.epoch,
         "selected_epoch": best["epoch"] if best else None,
         "val": best["val"] if best else None,

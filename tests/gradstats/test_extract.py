@@ -87,8 +87,10 @@ def test_training_is_identical_with_and_without_the_callback(
     b = json.loads((stats_run / METRICS).read_text())
     assert a["test"] == b["test"]
     assert a["val"] == b["val"]
-    ha = pd.read_csv(plain_run / HISTORY).drop(columns="seconds")
-    hb = pd.read_csv(stats_run / HISTORY).drop(columns="seconds")
+    # The callback's settings are part of the run identity (what the run writes differs).
+    assert a["run_identity"] != b["run_identity"]
+    ha = pd.read_csv(plain_run / HISTORY).drop(columns=["seconds", "run_identity"])
+    hb = pd.read_csv(stats_run / HISTORY).drop(columns=["seconds", "run_identity"])
     pd.testing.assert_frame_equal(ha, hb)
 
 
@@ -105,10 +107,17 @@ def test_a_resumed_run_writes_the_same_table(
     )
 
 
-def test_resuming_a_run_that_had_no_callback_is_refused(data_dir: Path, tmp_path: Path) -> None:
+def test_a_run_that_had_no_callback_is_not_resumed(
+    data_dir: Path, stats_run: Path, tmp_path: Path
+) -> None:
+    """A checkpoint written without the statistics has another run identity: it is moved aside
+    and the run trains from scratch, so the table covers every epoch."""
     train(run_settings(data_dir), tmp_path, stop_after_epochs=1)
-    with pytest.raises(RuntimeError, match="callback"):
-        train_with_gradstats(run_settings(data_dir), GS, tmp_path)
+    train_with_gradstats(run_settings(data_dir), GS, tmp_path)
+    assert len(list(tmp_path.glob("checkpoint.*.stale.pt"))) == 1
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / STATS_FILE), pd.read_csv(stats_run / STATS_FILE)
+    )
 
 
 def test_statistics_from_snapshots_and_from_the_checkpoint(

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mtl_paradigms.checkpoint import CheckpointError
 from mtl_paradigms.data.synthetic.scenes import SyntheticSettings, write_synthetic_mtan
 from mtl_paradigms.methods import EW, METHODS, make_method
 from mtl_paradigms.models import build_model
@@ -115,7 +116,7 @@ def test_diverging_run_is_recorded_not_raised(
 
 def test_corrupt_checkpoint_is_reported_and_kept(data_dir: Path, tmp_path: Path) -> None:
     (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="cannot read the checkpoint"):
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         train(settings(data_dir), tmp_path)
     assert (tmp_path / CHECKPOINT).read_bytes() == b"not a checkpoint"
 

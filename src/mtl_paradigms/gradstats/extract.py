@@ -26,7 +26,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -204,6 +204,10 @@ class GradStatsCallback:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that shape ``gradstats.csv``: part of the run's identity."""
+        return {"gradstats": asdict(self.settings)}
 
 
 def train_with_gradstats(
