@@ -1,11 +1,38 @@
 # Shared helpers: config validation and target lists. No rules here.
 import json
 import os
+import sys
 from argparse import Namespace
 
-from snakemake.utils import validate
+import yaml
+from snakemake.exceptions import WorkflowError
 
-validate(config, schema="../schemas/config.schema.yaml")
+try:
+    from mtl_paradigms import workflow_checks
+except ModuleNotFoundError:  # snakemake's Python lacks the package: the checkout's copy
+    sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+    from mtl_paradigms import workflow_checks
+from mtl_paradigms.workflow_checks import fmt_lr, quote, single_quoted
+
+# Before any job (src/mtl_paradigms/workflow_checks.py): `--config` values typed as the schema
+# asks, the schema (with its defaults), fixed_from_<method> sources, method hyperparameters
+# (the package's registry) and the learning rates of the run paths. A problem stops the
+# workflow with a few lines naming the key, what was expected and the config file.
+with open(workflow.source_path("../schemas/config.schema.yaml")) as f:
+    CONFIG_SCHEMA = yaml.safe_load(f)
+_cli_config = dict(getattr(workflow.config_settings, "config", None) or {})
+try:
+    workflow_checks.check_config(
+        config,
+        CONFIG_SCHEMA,
+        sources=workflow_checks.config_sources(
+            workflow.configfiles, workflow.overwrite_configfiles, _cli_config
+        ),
+        cli_config=_cli_config,
+        validate=not workflow.modifier.skip_validation,
+    )
+except workflow_checks.ConfigError as err:
+    raise WorkflowError(str(err)) from None
 
 FIGURES = config["figures_dir"]
 RESULTS = config["results_dir"]
@@ -83,11 +110,6 @@ def main_artefacts():
     return files
 
 
-def fmt_lr(lr):
-    """The learning rate as it appears in run paths (`lr0.001`, `lr1e-05`)."""
-    return f"{float(lr):g}"
-
-
 def dataset_config(dataset):
     return config["main"]["datasets"][dataset]
 
@@ -159,7 +181,7 @@ def train_json(wildcards, stl):
     return json.dumps(settings, sort_keys=True, separators=(",", ":"))
 
 
-FIXED_FROM = "fixed_from_"
+FIXED_FROM = workflow_checks.FIXED_FROM
 
 
 def sweep_train(wildcards):
@@ -184,27 +206,10 @@ def sweep_train(wildcards):
 
 
 def main_sweeps():
-    """The main grid and its extra sweeps; fixed_from_<method> sources are checked here."""
+    """The main grid and its extra sweeps (their fixed_from_<method> sources are checked with
+    the config, workflow_checks.check_fixed_from)."""
     grid = config["main"]["grid"]
-    sweeps = [grid, *grid.get("extra", [])]
-    known = set(config_schema_methods())
-    for sweep in sweeps:
-        for method in sweep["methods"]:
-            source = method.removeprefix(FIXED_FROM)
-            if method.startswith(FIXED_FROM) and source not in known:
-                raise ValueError(
-                    f"config main.grid: {method!r} names no method ({source!r} is not one of "
-                    f"{sorted(known)})"
-                )
-    return sweeps
-
-
-def config_schema_methods():
-    """The method names the schema admits (equal to the package's registry, tested)."""
-    import yaml
-
-    with open(workflow.source_path("../schemas/config.schema.yaml")) as f:
-        return yaml.safe_load(f)["$defs"]["method"]["enum"]
+    return [grid, *grid.get("extra", [])]
 
 
 def stl_metrics(dataset, arch):
@@ -240,7 +245,9 @@ def main_run_metrics():
 
 def data_sources_args():
     datasets = sorted({dataset for dataset, _ in main_panels()})
-    return " ".join(f"--source {d}={dataset_config(d)['source']}" for d in datasets)
+    return " ".join(
+        quote("--source", f"{d}={dataset_config(d)['source']}") for d in datasets
+    )
 
 
 def enabled_stages():
@@ -304,15 +311,18 @@ def gradstats_stats_files():
 
 
 def gradstats_panel_args():
+    """`--panel <dataset>/<arch>=<gradstats.csv>` of every panel, quoted for the shell."""
     return " ".join(
-        f"--panel {d}/{a}={GRADSTATS}/{d}/{a}/gradstats.csv"
+        quote("--panel", f"{d}/{a}={GRADSTATS}/{d}/{a}/gradstats.csv")
         for d, a in gradstats_panels()
     )
 
 
 def gradstats_sources_args():
     datasets = sorted({d for d, _ in gradstats_panels()})
-    return " ".join(f"--source {d}={dataset_config(d)['source']}" for d in datasets)
+    return " ".join(
+        quote("--source", f"{d}={dataset_config(d)['source']}") for d in datasets
+    )
 
 
 def gradstats_figure_ids(dataset, arch):

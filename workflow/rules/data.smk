@@ -64,7 +64,9 @@ rule prepare_mtan:
     conda:
         "../../envs/mtlp.yaml"
     params:
-        archives=lambda wildcards, input: " ".join(f"--archive '{a}'" for a in input),
+        archives=lambda wildcards, input: " ".join(
+            f"--archive {single_quoted(a)}" for a in input
+        ),
         sizes="--expect-sizes" if config["data"]["expect_sizes"] else "",
     shell:
         "mtlp prepare-mtan --dataset {wildcards.mtan} {params.archives} --out {output:q}"

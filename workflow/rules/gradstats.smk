@@ -29,7 +29,7 @@ rule gradstats_train:
         train=lambda wildcards: gradstats_train_json(wildcards.dataset, wildcards.arch),
         settings=gradstats_json("extract"),
         lr_from=lambda wildcards, input: (
-            f"--lr-from {input.runs[0]}" if input.runs else ""
+            quote("--lr-from", input.runs[0]) if input.runs else ""
         ),
         out=lambda wildcards, output: os.path.dirname(output.stats),
     shell:
