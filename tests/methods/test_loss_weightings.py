@@ -66,6 +66,21 @@ def test_rlw_is_deterministic_for_a_seed_and_fresh_at_every_call(distribution: s
 
 
 @pytest.mark.parametrize("distribution", ["normal", "dirichlet"])
+def test_rlw_without_a_seed_follows_the_global_seed(distribution: str) -> None:
+    """Unseeded RLW is reproducible: it draws what torch's global seed (the run's seed, set by
+    the trainer) fixes, and a different global seed gives different weights."""
+    losses = torch.ones(4, 3)
+
+    def draws(global_seed: int) -> torch.Tensor:
+        torch.manual_seed(global_seed)
+        method = RLW(distribution)  # type: ignore[arg-type]
+        return torch.stack([method.weights(losses) for _ in range(3)])
+
+    torch.testing.assert_close(draws(3), draws(3))
+    assert not torch.allclose(draws(3), draws(4))
+
+
+@pytest.mark.parametrize("distribution", ["normal", "dirichlet"])
 def test_rlw_state_round_trip_restores_the_generator(distribution: str) -> None:
     losses = torch.ones(2, 4)
     method = RLW(distribution, seed=11)  # type: ignore[arg-type]

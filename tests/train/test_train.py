@@ -70,14 +70,15 @@ def test_single_task_run_writes_metrics_and_history(data_dir: Path, tmp_path: Pa
     assert list(history["lr"]) == pytest.approx([1e-3, 1e-3, 5e-4])  # halved every 2 epochs
 
 
+@pytest.mark.parametrize("method", ["uw", "rlw"])  # rlw: random weights, unseeded by default
 def test_same_settings_and_seed_give_identical_metrics(
-    data_dir: Path, baseline: dict, tmp_path: Path
+    data_dir: Path, baseline: dict, tmp_path: Path, method: str
 ) -> None:
-    a = train(mtl(data_dir, method="uw"), tmp_path / "a", baseline=baseline)
-    b = train(mtl(data_dir, method="uw"), tmp_path / "b", baseline=baseline)
+    a = train(mtl(data_dir, method=method), tmp_path / "a", baseline=baseline)
+    b = train(mtl(data_dir, method=method), tmp_path / "b", baseline=baseline)
     assert a["test"] == b["test"]
     assert a["val_delta_m"] == b["val_delta_m"]
-    c = train(mtl(data_dir, method="uw", seed=1), tmp_path / "c", baseline=baseline)
+    c = train(mtl(data_dir, method=method, seed=1), tmp_path / "c", baseline=baseline)
     assert c["test"] != a["test"]
 
 

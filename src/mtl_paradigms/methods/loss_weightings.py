@@ -80,9 +80,11 @@ class RLW(Weighting):
     * ``distribution="dirichlet"``: ``w ~ Dirichlet(alpha, ..., alpha)`` (RLW-Dirichlet).
 
     The weights sum to 1, which *is* the mean scale (their expectation is ``1/T`` each, EW's).
-    The draws come from a private ``torch.Generator`` seeded with ``seed`` (``None``: a
-    non-deterministic seed), so they neither consume nor depend on the global RNG; its state is
-    checkpointed by :meth:`state_dict`. ``alpha`` is only used by the Dirichlet distribution.
+    The draws come from a private ``torch.Generator`` seeded with ``seed`` (``None``: torch's
+    global seed, :func:`torch.initial_seed`, which the trainer sets to the run's seed, so a run
+    is reproducible and its seeds differ), so they neither consume the global RNG nor depend on
+    its later draws; its state is checkpointed by :meth:`state_dict`. ``alpha`` is only used by
+    the Dirichlet distribution.
     """
 
     name = "rlw"
@@ -103,10 +105,7 @@ class RLW(Weighting):
         self.alpha = _check_positive("rlw", "alpha", alpha)
         self.seed = seed
         self._generator = torch.Generator()
-        if seed is None:
-            self._generator.seed()
-        else:
-            self._generator.manual_seed(seed)
+        self._generator.manual_seed(torch.initial_seed() if seed is None else seed)
 
     def weights(self, losses: Tensor) -> Tensor:
         if self.distribution == "normal":
