@@ -67,6 +67,7 @@ class RunState:
     diverged: bool = False
     divergence: str | None = None  # why the run was marked diverged
     initial_loss: float | None = None  # summed task losses of the first step (at initialisation)
+    unselectable: str | None = None  # the last epoch not selectable (exploded validation loss)
 
 
 def data_fingerprint(splits: Iterable[Any]) -> str:

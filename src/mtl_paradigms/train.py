@@ -12,13 +12,15 @@ Conventions
 * Methods follow the scale convention of :mod:`mtl_paradigms.methods.base`: a weighting's
   ``combine`` is back-propagated; for an aggregator the shared parameters receive the aggregated
   direction of the per-task gradients and each head ``(1/T) grad L_t``.
-* Divergence: checked once per epoch (no per-step host sync). A run diverged when an epoch's
-  mean training loss of a task, its validation loss or one of its metrics is not finite, or when
-  the loss *exploded*: the epoch's summed mean training loss, or the summed validation loss,
-  exceeds ``divergence_factor`` (default 100) times the summed task losses of the run's very
-  first step (the model at initialisation; every task loss is non-negative). Training then stops
-  and ``metrics.json`` records ``diverged: true`` with the reason (``divergence``). A diverged
-  run is a result, not an error.
+* Divergence: checked once per epoch (no per-step host sync). Let ``L0`` be the summed task
+  losses of the run's very first step (the model at initialisation; every task loss is
+  non-negative) and ``f`` the ``divergence_factor`` (default 100). A run diverged when an
+  epoch's mean training loss of a task, its validation loss or one of its metrics is not finite,
+  or when the epoch's summed mean training loss exceeds ``f L0``; training then stops. An epoch
+  whose summed validation loss exceeds ``f L0`` is never selected (training goes on: a high
+  learning rate can make one epoch's validation loss spike and then recover); a run without any
+  selectable epoch diverged too. ``metrics.json`` records ``diverged: true`` with the reason
+  (``divergence``). A diverged run is a result, not an error.
 * Checkpoint/resume: after every epoch ``checkpoint.pt`` (model, optimizer, scheduler, method
   state, random-number-generator states, history, best epoch) is written atomically; a restarted
   run continues from it and produces the same metrics as an uninterrupted one. A checkpoint is
@@ -94,8 +96,9 @@ class TrainSettings:
     ``label`` is the name the run is tabulated under (default: the method's;
     ``fixed_from_<method>`` for fixed weights taken from another run). Adam's betas/eps and
     SGD's momentum are not stated in the paper; (0.9, 0.999), 1e-8 and 0.9 are the usual values.
-    ``divergence_factor``: how far the summed loss may grow above the first step's before the
-    run counts as diverged (module doc, "Divergence").
+    ``divergence_factor``: how far the summed training loss may grow above the first step's
+    before the run counts as diverged, and the validation loss before an epoch is not
+    selectable (module doc, "Divergence").
 
     Speed switches, all off by default (the default path is the one tested for determinism):
     ``fused_optimizer`` uses torch's fused Adam / SGD kernels (same update, other rounding;
@@ -505,16 +508,23 @@ def _train(
             record["val_loss"] = val_loss
             record |= {f"val/{k}": v for k, v in val.items()}
             record |= {f"test/{k}": v for k, v in test.items()}
-            if not all(math.isfinite(v) for v in (*val.values(), *test.values())):
+            if not all(math.isfinite(v) for v in (val_loss, *val.values(), *test.values())):
                 # The parameters blew up late in the epoch: the model predicts NaN/inf.
-                _mark_diverged(state, epoch + 1, "non-finite evaluation metrics", out)
-            _check_divergence(state, settings, epoch + 1, "validation", [val_loss], out)
+                _mark_diverged(state, epoch + 1, "non-finite evaluation", out)
         if not state.diverged:
             if baseline_val is not None and baseline_test is not None:
                 record["val_delta_m"] = delta(val, _restrict(baseline_val, val), directions)
                 record["test_delta_m"] = delta(test, _restrict(baseline_test, test), directions)
             score = record["val_delta_m"] if settings.selection == "delta_m" else val_loss
-            if math.isfinite(score) and (state.best is None or score < state.best["score"]):
+            # An epoch whose validation loss exploded is never selected; training goes on (high
+            # learning rates can spike in one epoch and recover). No such epoch: diverged.
+            exploded = divergence_reason(
+                [val_loss], state.initial_loss, settings.divergence_factor, "validation"
+            )
+            if exploded is not None:
+                state.unselectable = f"epoch {epoch + 1}: {exploded}"
+                log.info("%s: epoch %d is not selectable (%s)", out, epoch + 1, exploded)
+            elif math.isfinite(score) and (state.best is None or score < state.best["score"]):
                 state.best = {"score": score, "epoch": epoch + 1, "val": val, "test": test} | {
                     k: record[k] for k in ("val_delta_m", "test_delta_m") if k in record
                 }
@@ -530,6 +540,10 @@ def _train(
         if stop_at is not None and state.epoch >= stop_at:
             return {}
     bar.close()
+    if state.best is None and not state.diverged and state.unselectable is not None:
+        state.diverged = True
+        state.divergence = f"no selectable epoch; the last: {state.unselectable}"
+        log.warning("%s diverged: %s", out, state.divergence)
     return _finish(out, settings, state, identity)
 
 
