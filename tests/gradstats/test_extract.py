@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -11,7 +12,6 @@ import pytest
 import torch
 
 from mtl_paradigms.cli import main
-from mtl_paradigms.data.synthetic.scenes import SyntheticSettings, write_synthetic_mtan
 from mtl_paradigms.gradstats import SUMMARY_COLUMNS
 from mtl_paradigms.gradstats.extract import (
     STATS_FILE,
@@ -28,12 +28,8 @@ SAMPLES = 4
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "nyuv2"
-    write_synthetic_mtan(
-        SyntheticSettings(dataset="nyuv2", num_train=24, num_val=8, height=32, width=32), out
-    )
-    return out
+def data_dir(tiny_nyuv2: Callable[[int], Path]) -> Path:
+    return tiny_nyuv2(24)
 
 
 def run_settings(data_dir: Path) -> TrainSettings:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -39,12 +40,8 @@ from mtl_paradigms.train import (
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "nyuv2"
-    write_synthetic_mtan(
-        SyntheticSettings(dataset="nyuv2", num_train=16, num_val=8, height=32, width=32), out
-    )
-    return out
+def data_dir(tiny_nyuv2: Callable[[int], Path]) -> Path:
+    return tiny_nyuv2(16)
 
 
 def stl(data_dir: Path, **overrides: object) -> TrainSettings:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -17,7 +18,6 @@ import pytest
 import torch
 
 from mtl_paradigms.checkpoint import CheckpointError
-from mtl_paradigms.data.synthetic.scenes import SyntheticSettings, write_synthetic_mtan
 from mtl_paradigms.methods import EW, METHODS, make_method
 from mtl_paradigms.models import build_model
 from mtl_paradigms.runs import build_baseline, read_metrics, runs_table
@@ -27,12 +27,8 @@ from mtl_paradigms.train import CHECKPOINT, HISTORY, METRICS, TrainSettings, tra
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "nyuv2"
-    write_synthetic_mtan(
-        SyntheticSettings(dataset="nyuv2", num_train=24, num_val=8, height=32, width=32), out
-    )
-    return out
+def data_dir(tiny_nyuv2: Callable[[int], Path]) -> Path:
+    return tiny_nyuv2(24)
 
 
 def settings(data_dir: Path, **overrides: object) -> TrainSettings:
