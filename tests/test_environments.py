@@ -29,10 +29,13 @@ def parse(spec: str) -> tuple[str, str]:
 
 
 def pyproject() -> tuple[dict[str, str], dict[str, str]]:
+    """(what `mtlp` and its rules need: the core and the workflow extra, what the whole
+    project adds: the docs and dev extras)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    runtime = dict(parse(s) for s in project["dependencies"])
-    dev = dict(parse(s) for s in project["optional-dependencies"]["dev"])
-    return runtime, dev
+    extras = project["optional-dependencies"]
+    runtime = dict(parse(s) for s in [*project["dependencies"], *extras["workflow"]])
+    rest = dict(parse(s) for s in [*extras["docs"], *extras["dev"]])
+    return runtime, rest
 
 
 def conda_env(path: Path) -> tuple[dict[str, str], list[str]]:
@@ -56,12 +59,12 @@ ENV_FILES = [ROOT / "environment.yml", *sorted((ROOT / "envs").glob("*.yaml"))]
 
 @pytest.mark.parametrize("path", ENV_FILES, ids=lambda p: p.name)
 def test_environment_matches_pyproject(path: Path) -> None:
-    runtime, dev = pyproject()
+    runtime, rest = pyproject()
     conda, _ = conda_env(path)
     packages = {k: v for k, v in conda.items() if k not in NOT_PACKAGES}
     expected = as_conda(runtime)
     if path.name == "environment.yml":
-        expected |= as_conda(dev)
+        expected |= as_conda(rest)
     else:
         # Rule environments need what the `mtlp` verbs import, not the workflow engine itself
         # or its executor plugins.
