@@ -15,12 +15,14 @@ from typing import Any
 
 __all__ = [
     "ConfigError",
+    "cached_registry_hyperparameters",
     "check_config",
     "check_fixed_from",
     "check_learning_rates",
     "check_method_params",
     "coerce_cli_values",
     "fmt_lr",
+    "package_fingerprint",
     "quote",
     "registry_hyperparameters",
     "single_quoted",
@@ -100,6 +102,57 @@ def registry_hyperparameters() -> dict[str, list[str]]:
     from mtl_paradigms.methods.registry import describe_methods
 
     return {row["name"]: list(row["hyperparameters"]) for row in describe_methods()}
+
+
+def package_fingerprint() -> str:
+    """sha256 of every Python source of the mtl_paradigms package (names and contents): what
+    the method registry, and so its hyperparameters, are made of."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def cached_registry_hyperparameters(
+    cache_dir: str | Path,
+    compute: Callable[[], Mapping[str, Sequence[str]]] = registry_hyperparameters,
+) -> Callable[[], dict[str, list[str]]]:
+    """registry_hyperparameters, remembered in ``cache_dir`` under the package's fingerprint
+    (package_fingerprint): reading the registry imports torch (seconds, on every Snakemake
+    invocation), a changed source reads it afresh. A cache that cannot be read or written is
+    ignored."""
+
+    def hyperparameters() -> dict[str, list[str]]:
+        import json
+        import os
+        import tempfile
+
+        path = Path(cache_dir) / f"registry-{package_fingerprint()}.json"
+        try:
+            found = json.loads(path.read_text())
+            if isinstance(found, dict):
+                return {str(k): [str(p) for p in v] for k, v in found.items()}
+        except (OSError, ValueError, TypeError):
+            pass
+        known = {name: list(params) for name, params in compute().items()}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".registry-", suffix=".json")
+            with os.fdopen(fd, "w") as f:
+                json.dump(known, f, sort_keys=True)
+            os.replace(tmp, path)
+            for old in path.parent.glob("registry-*.json"):
+                if old != path:
+                    old.unlink(missing_ok=True)
+        except OSError:
+            pass
+        return known
+
+    return hyperparameters
 
 
 def check_method_params(

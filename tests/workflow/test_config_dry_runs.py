@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,36 @@ def test_nested_command_line_config_takes_numbers_and_booleans(
         if "/stl-" not in out:
             assert settings["lr"] == 0.002
             assert out.endswith("/lr0.002/seed0")
+
+
+def test_a_run_in_two_sweeps_with_different_train_stops_the_workflow(
+    workdir: Path, tmp_path: Path
+) -> None:
+    config = with_main(
+        extra=[
+            {"methods": ["ew"], "optimizers": ["adam"], "learning_rates": [0.001], "seeds": [0],
+             "train": {"epochs": 3}},
+        ],
+    )  # fmt: skip
+    config["results_dir"] = str(tmp_path / "results")
+    proc = snakemake(workdir, config, "-n", "-p", name="collision")
+    assert proc.returncode != 0
+    assert "cityscapes/segnet/ew/adam/lr0.001/seed0 lies in several sweeps" in proc.stdout
+
+
+def test_the_method_registry_is_read_once_per_version_of_the_package(
+    workdir: Path, tmp_path: Path
+) -> None:
+    config = with_main(method_params={"cagrad": {"c": 0.25}}, methods=["ew", "cagrad"])
+    config["results_dir"] = str(tmp_path / "results")
+    cache = workdir / ".snakemake" / "mtlp"
+    shutil.rmtree(cache, ignore_errors=True)
+    assert snakemake(workdir, config, "-n", name="registry").returncode == 0
+    (written,) = cache.glob("registry-*.json")
+    assert "cagrad" in json.loads(written.read_text())
+    # a cached registry is what the check reads: an unknown hyperparameter of it is refused
+    written.write_text(json.dumps({"cagrad": ["c"], "ew": []}))
+    config["main"]["grid"]["method_params"] = {"cagrad": {"rescale": 1}}
+    proc = snakemake(workdir, config, "-n", name="registry")
+    assert proc.returncode != 0
+    assert "the hyperparameters of cagrad are: c" in proc.stdout

@@ -13,18 +13,18 @@ rule train_celeba:
         data=celeba_prepared(),
         weights=celeba_weights(),
     output:
-        metrics=f"{RUNS}/celeba/resnet18/{{method}}/{{optimizer}}/lr{{lr}}/seed{{seed}}/metrics.json",
-        history=f"{RUNS}/celeba/resnet18/{{method}}/{{optimizer}}/lr{{lr}}/seed{{seed}}/history.csv",
+        metrics=run_path(RUNS, "celeba", "resnet18", file="metrics.json"),
+        history=run_path(RUNS, "celeba", "resnet18", file="history.csv"),
     log:
-        f"{LOGS}/train/celeba/resnet18/{{method}}/{{optimizer}}/lr{{lr}}/seed{{seed}}.log",
+        run_path(f"{LOGS}/train", "celeba", "resnet18") + ".log",
     conda:
         "../../envs/mtlp.yaml"
     threads: config["celeba"]["threads"]
     resources:
         **cluster_resources("gpu_jobs"),
     params:
-        settings=celeba_train_json,
-        out=lambda wildcards, output: os.path.dirname(output.metrics),
+        settings=lambda wildcards: run_settings(wildcards, "celeba"),
+        out=run_path(RUNS, "celeba", "resnet18"),
         torch_home=TORCH_HOME,
     shell:
         "TORCH_HOME={params.torch_home:q} mtlp train --settings {params.settings:q} --out {params.out:q} --threads {threads}"

@@ -2,7 +2,6 @@
 import json
 import os
 import sys
-from argparse import Namespace
 
 import yaml
 from snakemake.exceptions import WorkflowError
@@ -12,6 +11,7 @@ try:
 except ModuleNotFoundError:  # snakemake's Python lacks the package: the checkout's copy
     sys.path.insert(0, os.path.join(workflow.basedir, "src"))
     from mtl_paradigms import workflow_checks
+from mtl_paradigms.runspec import RunSpec, Runs, compact_json, run_path
 from mtl_paradigms.workflow_checks import fmt_lr, quote, single_quoted
 
 # Before any job (src/mtl_paradigms/workflow_checks.py): `--config` values typed as the schema
@@ -29,6 +29,10 @@ try:
             workflow.configfiles, workflow.overwrite_configfiles, _cli_config
         ),
         cli_config=_cli_config,
+        # the method registry (imports torch) read once per version of the package
+        hyperparameters=workflow_checks.cached_registry_hyperparameters(
+            os.path.join(".snakemake", "mtlp")
+        ),
         validate=not workflow.modifier.skip_validation,
     )
 except workflow_checks.ConfigError as err:
@@ -40,6 +44,9 @@ NOTEBOOK_OUT = f"{RESULTS}/notebooks"
 LOGS = f"{RESULTS}/logs"
 RUNS = f"{RESULTS}/runs"
 DATA = config["data"]["dir"]
+# Every run of the config, its directory and its settings (src/mtl_paradigms/runspec.py),
+# each computed once however many jobs ask.
+RUN_SPECS = Runs(config)
 
 STAGE_ARTEFACTS = {
     "toy": {
@@ -57,7 +64,18 @@ STAGE_ARTEFACTS = {
 
 def settings_json(section):
     """The validated config section, as compact JSON for `mtlp <verb> --settings`."""
-    return json.dumps(config[section], sort_keys=True, separators=(",", ":"))
+    return compact_json(config[section])
+
+
+def run_settings(wildcards, kind="main", **fixed):
+    """The TrainSettings JSON of the run a job's wildcards name (`kind`: main, stl, celeba;
+    `fixed`: parts the rule's pattern spells out), from mtl_paradigms.runspec."""
+    return RUN_SPECS.settings_json(RunSpec.from_wildcards(wildcards, kind, **fixed))
+
+
+def run_files(runs, name):
+    """`name` (metrics.json, ...) of each run."""
+    return [f"{run.path(RUNS)}/{name}" for run in runs]
 
 
 def figure_files(name):
@@ -110,16 +128,9 @@ def main_artefacts():
     return files
 
 
-def dataset_config(dataset):
-    return config["main"]["datasets"][dataset]
-
-
-def dataset_dir(dataset):
-    """The MTAN folder: generated, given by `data_dir` (used as is), or downloaded."""
-    ds = dataset_config(dataset)
-    if ds["source"] == "synthetic":
-        return f"data/synthetic/{dataset}"
-    return ds.get("data_dir") or f"{DATA}/{dataset}"
+dataset_config = RUN_SPECS.dataset_config
+# the MTAN folder: generated, given by `data_dir` (used as is), or downloaded
+dataset_dir = RUN_SPECS.dataset_dir
 
 
 def mtan_release(dataset):
@@ -138,102 +149,16 @@ def dataset_input(dataset):
 
 
 def synthetic_json(dataset):
-    settings = {"dataset": dataset, **dataset_config(dataset)["synthetic"]}
-    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
-
-
-def train_json(wildcards, stl):
-    """TrainSettings of one run: common, dataset and architecture settings, then the run's own."""
-    main = config["main"]
-    ds = dataset_config(wildcards.dataset)
-    settings = {**main["train"], **ds.get("train", {}), **main["archs"][wildcards.arch]}
-    settings |= {
-        "dataset": wildcards.dataset,
-        "data_dir": dataset_dir(wildcards.dataset),
-        "arch": wildcards.arch,
-        "optimizer": wildcards.optimizer,
-        "lr": float(wildcards.lr),
-        "seed": int(wildcards.seed),
-    }
-    if ds["source"] == "synthetic" and ds["synthetic"].get("num_classes"):
-        settings["num_classes"] = ds["synthetic"]["num_classes"]
-    if stl:
-        settings |= {"tasks": [wildcards.task], "method": "ew", "selection": "val_loss"}
-        return json.dumps(settings, sort_keys=True, separators=(",", ":"))
-    settings |= sweep_train(wildcards)
-    if wildcards.method.startswith(FIXED_FROM):
-        # The weights come from `mtlp fixed-weights` (rule fixed_weights) via --fixed-weights.
-        settings |= {
-            "tasks": ds["tasks"],
-            "method": "fixed",
-            "label": wildcards.method,
-            "selection": "delta_m",
-        }
-    else:
-        settings |= {
-            "tasks": ds["tasks"],
-            "method": wildcards.method,
-            "method_params": main["grid"]
-            .get("method_params", {})
-            .get(wildcards.method, {}),
-            "selection": "delta_m",
-        }
-    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
-
-
-FIXED_FROM = workflow_checks.FIXED_FROM
-
-
-def sweep_train(wildcards):
-    """The training-setting overrides (`train:`) of the sweep that holds this run."""
-    found = []
-    for sweep in main_sweeps():
-        panels = sweep.get("panels", config["main"]["panels"])
-        if (
-            {"dataset": wildcards.dataset, "arch": wildcards.arch} in panels
-            and wildcards.method in sweep["methods"]
-            and wildcards.optimizer in sweep["optimizers"]
-            and float(wildcards.lr) in [float(lr) for lr in sweep["learning_rates"]]
-            and int(wildcards.seed) in sweep["seeds"]
-        ):
-            found.append(sweep.get("train", {}))
-    if any(f != found[0] for f in found):
-        raise ValueError(
-            f"config main.grid: run {dict(wildcards)} lies in several sweeps whose `train` "
-            f"settings differ ({found}); one run directory cannot hold both"
-        )
-    return found[0] if found else {}
-
-
-def main_sweeps():
-    """The main grid and its extra sweeps (their fixed_from_<method> sources are checked with
-    the config, workflow_checks.check_fixed_from)."""
-    grid = config["main"]["grid"]
-    return [grid, *grid.get("extra", [])]
+    return compact_json({"dataset": dataset, **dataset_config(dataset)["synthetic"]})
 
 
 def stl_metrics(dataset, arch):
-    stl = config["main"]["stl"]
-    return [
-        f"{RUNS}/{dataset}/{arch}/stl-{task}/{stl['optimizer']}/lr{fmt_lr(lr)}/seed{seed}/metrics.json"
-        for task in dataset_config(dataset)["tasks"]
-        for lr in stl["learning_rates"]
-        for seed in stl["seeds"]
-    ]
+    return run_files(RUN_SPECS.stl(dataset, arch), "metrics.json")
 
 
 def mtl_metrics(dataset, arch):
-    files = [
-        f"{RUNS}/{dataset}/{arch}/{method}/{optimizer}/lr{fmt_lr(lr)}/seed{seed}/metrics.json"
-        for grid in main_sweeps()
-        if {"dataset": dataset, "arch": arch}
-        in grid.get("panels", config["main"]["panels"])
-        for method in grid["methods"]
-        for optimizer in grid["optimizers"]
-        for lr in grid["learning_rates"]
-        for seed in grid["seeds"]
-    ]
-    return list(dict.fromkeys(files))  # a run in two sweeps is trained once
+    # a run in two sweeps is trained once
+    return run_files(RUN_SPECS.main(dataset, arch), "metrics.json")
 
 
 def main_run_metrics():
@@ -259,44 +184,17 @@ GRADSTATS = f"{RESULTS}/gradstats"
 GRADSTATS_FAMILIES = ("fig4", "figA5", "figA6", "figA7")
 
 
-def gradstats_panels():
-    panels = [(p["dataset"], p["arch"]) for p in config["gradstats"]["panels"]]
-    missing = sorted({d for d, _ in panels} - set(config["main"]["datasets"]))
-    if missing:
-        raise ValueError(
-            f"config gradstats.panels: dataset(s) {missing} not defined in main.datasets"
-        )
-    return panels
+gradstats_panels = RUN_SPECS.gradstats_panels
 
 
 def gradstats_json(key):
     """A sub-section of `gradstats` as compact JSON for `mtlp gradstats --settings`."""
-    return json.dumps(config["gradstats"][key], sort_keys=True, separators=(",", ":"))
+    return compact_json(config["gradstats"][key])
 
 
 def gradstats_train_json(dataset, arch):
-    """TrainSettings of a panel's gradient-statistics run: EW + Adam, model selection on the
-    validation loss (no single-task baseline needed)."""
-    main = config["main"]
-    gs = config["gradstats"]
-    ds = dataset_config(dataset)
-    # gradstats.train overrides main.train; dataset and architecture settings still apply.
-    settings = {**main["train"], **gs.get("train", {}), **ds.get("train", {})}
-    settings |= main["archs"][arch]
-    settings |= {
-        "dataset": dataset,
-        "data_dir": dataset_dir(dataset),
-        "arch": arch,
-        "tasks": ds["tasks"],
-        "method": "ew",
-        "optimizer": "adam",
-        "lr": 1e-3 if gs["lr"] == "selected" else float(gs["lr"]),
-        "seed": int(gs["seed"]),
-        "selection": "val_loss",
-    }
-    if ds["source"] == "synthetic" and ds["synthetic"].get("num_classes"):
-        settings["num_classes"] = ds["synthetic"]["num_classes"]
-    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    """TrainSettings of a panel's gradient-statistics run (mtl_paradigms.runspec)."""
+    return RUN_SPECS.settings_json(RUN_SPECS.gradstats_run(dataset, arch))
 
 
 def gradstats_lr_input():

@@ -27,10 +27,6 @@ WEIGHT_FILES = {
 TORCH_HOME = f"{DATA}/torch"
 
 
-def compact_json(obj):
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
 def download_files(src):
     return [f"{DATA}/downloads/{src}/{name}" for name in DOWNLOAD_FILES[src]]
 
@@ -88,9 +84,7 @@ def raw_input(name, rawsrc):
     return [] if config[DATA_SECTION[name]].get("data_dir") else download_files(name)
 
 
-def celeba_prepared():
-    celeba = config["celeba"]
-    return f"{DATA}/prepared/celeba_{celeba['source']}_{celeba['size']}"
+celeba_prepared = RUN_SPECS.celeba_prepared
 
 
 def multimnist_dir():
@@ -110,33 +104,5 @@ def celeba_weights():
     return [weights_file("resnet18")] if celeba["train"].get("pretrained") else []
 
 
-def celeba_train_json(wildcards):
-    celeba = config["celeba"]
-    settings = {**celeba["train"]}
-    settings |= {
-        "dataset": "celeba",
-        "data_dir": celeba_prepared(),
-        "arch": "resnet18",
-        "augment": False,
-        "selection": "val_loss",
-        "tasks": celeba.get("attributes"),
-        "method": wildcards.method,
-        "method_params": celeba["grid"]
-        .get("method_params", {})
-        .get(wildcards.method, {}),
-        "optimizer": wildcards.optimizer,
-        "lr": float(wildcards.lr),
-        "seed": int(wildcards.seed),
-    }
-    return compact_json(settings)
-
-
 def celeba_run_metrics():
-    grid = config["celeba"]["grid"]
-    return [
-        f"{RUNS}/celeba/resnet18/{method}/{optimizer}/lr{fmt_lr(lr)}/seed{seed}/metrics.json"
-        for method in grid["methods"]
-        for optimizer in grid["optimizers"]
-        for lr in grid["learning_rates"]
-        for seed in grid["seeds"]
-    ]
+    return run_files(RUN_SPECS.celeba(), "metrics.json")

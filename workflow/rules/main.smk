@@ -61,18 +61,18 @@ rule train_stl:
     input:
         data=lambda wildcards: dataset_input(wildcards.dataset),
     output:
-        metrics=f"{RUNS}/{{dataset}}/{{arch}}/stl-{{task}}/{{optimizer}}/lr{{lr}}/seed{{seed}}/metrics.json",
-        history=f"{RUNS}/{{dataset}}/{{arch}}/stl-{{task}}/{{optimizer}}/lr{{lr}}/seed{{seed}}/history.csv",
+        metrics=run_path(RUNS, method="stl-{task}", file="metrics.json"),
+        history=run_path(RUNS, method="stl-{task}", file="history.csv"),
     log:
-        f"{LOGS}/train/{{dataset}}/{{arch}}/stl-{{task}}/{{optimizer}}/lr{{lr}}/seed{{seed}}.log",
+        run_path(f"{LOGS}/train", method="stl-{task}") + ".log",
     conda:
         "../../envs/mtlp.yaml"
     threads: config["main"]["threads"]
     resources:
         **cluster_resources("gpu_jobs"),
     params:
-        settings=lambda wildcards: train_json(wildcards, stl=True),
-        out=lambda wildcards, output: os.path.dirname(output.metrics),
+        settings=lambda wildcards: run_settings(wildcards, "stl"),
+        out=run_path(RUNS, method="stl-{task}"),
         torch_home=TORCH_HOME,
     shell:
         "TORCH_HOME={params.torch_home:q} mtlp train --settings {params.settings:q}"
@@ -98,10 +98,10 @@ rule train:
         data=lambda wildcards: dataset_input(wildcards.dataset),
         baseline=f"{RESULTS}/baselines/{{dataset}}/{{arch}}.json",
     output:
-        metrics=f"{RUNS}/{{dataset}}/{{arch}}/{{method}}/{{optimizer}}/lr{{lr}}/seed{{seed}}/metrics.json",
-        history=f"{RUNS}/{{dataset}}/{{arch}}/{{method}}/{{optimizer}}/lr{{lr}}/seed{{seed}}/history.csv",
+        metrics=run_path(RUNS, file="metrics.json"),
+        history=run_path(RUNS, file="history.csv"),
     log:
-        f"{LOGS}/train/{{dataset}}/{{arch}}/{{method}}/{{optimizer}}/lr{{lr}}/seed{{seed}}.log",
+        run_path(f"{LOGS}/train") + ".log",
     wildcard_constraints:
         method="(?!fixed_from_)[a-z0-9_]+",
     conda:
@@ -110,8 +110,8 @@ rule train:
     resources:
         **cluster_resources("gpu_jobs"),
     params:
-        settings=lambda wildcards: train_json(wildcards, stl=False),
-        out=lambda wildcards, output: os.path.dirname(output.metrics),
+        settings=lambda wildcards: run_settings(wildcards),
+        out=run_path(RUNS),
         torch_home=TORCH_HOME,
     shell:
         "TORCH_HOME={params.torch_home:q} mtlp train --settings {params.settings:q}"
@@ -121,11 +121,11 @@ rule train:
 
 rule fixed_weights:
     input:
-        f"{RUNS}/{{dataset}}/{{arch}}/{{source}}/{{optimizer}}/lr{{lr}}/seed{{seed}}/history.csv",
+        run_path(RUNS, method="{source}", file="history.csv"),
     output:
-        f"{RESULTS}/fixed_weights/{{dataset}}/{{arch}}/{{source}}/{{optimizer}}/lr{{lr}}/seed{{seed}}.json",
+        run_path(f"{RESULTS}/fixed_weights", method="{source}") + ".json",
     log:
-        f"{LOGS}/fixed_weights/{{dataset}}/{{arch}}/{{source}}/{{optimizer}}/lr{{lr}}/seed{{seed}}.log",
+        run_path(f"{LOGS}/fixed_weights", method="{source}") + ".log",
     conda:
         "../../envs/mtlp.yaml"
     params:
@@ -140,20 +140,20 @@ rule train_fixed_from:
         baseline=f"{RESULTS}/baselines/{{dataset}}/{{arch}}.json",
         weights=rules.fixed_weights.output[0],
     output:
-        metrics=f"{RUNS}/{{dataset}}/{{arch}}/fixed_from_{{source}}/{{optimizer}}/lr{{lr}}/seed{{seed}}/metrics.json",
-        history=f"{RUNS}/{{dataset}}/{{arch}}/fixed_from_{{source}}/{{optimizer}}/lr{{lr}}/seed{{seed}}/history.csv",
+        metrics=run_path(RUNS, method="fixed_from_{source}", file="metrics.json"),
+        history=run_path(RUNS, method="fixed_from_{source}", file="history.csv"),
     log:
-        f"{LOGS}/train/{{dataset}}/{{arch}}/fixed_from_{{source}}/{{optimizer}}/lr{{lr}}/seed{{seed}}.log",
+        run_path(f"{LOGS}/train", method="fixed_from_{source}") + ".log",
     conda:
         "../../envs/mtlp.yaml"
     threads: config["main"]["threads"]
     resources:
         **cluster_resources("gpu_jobs"),
     params:
-        settings=lambda wildcards: train_json(
-            Namespace(**wildcards, method=f"fixed_from_{wildcards.source}"), stl=False
+        settings=lambda wildcards: run_settings(
+            wildcards, method=f"fixed_from_{wildcards.source}"
         ),
-        out=lambda wildcards, output: os.path.dirname(output.metrics),
+        out=run_path(RUNS, method="fixed_from_{source}"),
     shell:
         "mtlp train --settings {params.settings:q} --out {params.out:q}"
         " --baseline {input.baseline:q} --fixed-weights {input.weights:q}"
