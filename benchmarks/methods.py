@@ -5,11 +5,12 @@ relative to equal weighting (EW), at T = 2, 3 and 40 tasks.
     PYTHONPATH=src python benchmarks/methods.py --tasks 2 3 --methods ew pcgrad nash_mtl
 
 A step is what the trainer does per batch: forward, the method's gradients and one Adam step.
-Weightings and aggregators run :func:`mtl_paradigms.train.training_step` plus ``Adam.step``;
-methods that need more than one forward/backward per batch (FAMO's re-evaluation after the
-step, Auto-Lambda's virtual step on validation data, the optimizer-level strategies AdaTask,
-MTL-IO and MTL-IUS) run through the trainer's updater (:func:`mtl_paradigms.updates.
-make_updater`), and are compared with EW timed through the same updater.
+Every method is asked for its updater as the trainer asks (:func:`mtl_paradigms.updates.
+make_updater`). Methods whose updater is the plain joint one run
+:func:`mtl_paradigms.train.training_step` plus ``Adam.step``; methods that need more than one
+forward/backward per batch (FAMO's re-evaluation after the step, Auto-Lambda's virtual step on
+validation data, the optimizer-level strategies AdaTask, MTL-IO and MTL-IUS) run through their
+updater's step, and are compared with EW timed through the same updater.
 
 The model is a small synthetic multi-task network: a convolutional encoder on 3x32x32 images
 (``--width`` filters) and one linear head per task with a binary cross-entropy loss (CelebA's
@@ -44,11 +45,11 @@ from _machine import cpu_name  # benchmarks/_machine.py (the script's folder)
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from mtl_paradigms.methods import Aggregator, Weighting, make_method
-from mtl_paradigms.methods.registry import METHODS
+from mtl_paradigms.methods import METHODS, Aggregator, Method, Weighting, make_method
 from mtl_paradigms.models import MultiTaskModel
 from mtl_paradigms.tasks import Task, attribute_tasks
 from mtl_paradigms.train import training_step
+from mtl_paradigms.updates import JointUpdater, Updater, make_updater
 
 log = logging.getLogger("benchmark")
 
@@ -129,48 +130,14 @@ def _kind(name: str) -> str:
     return "strategy"
 
 
-def _needs_updater(name: str) -> bool:
-    cls = METHODS[name]
-    return not (issubclass(cls, (Weighting, Aggregator))) or bool(
-        getattr(cls, "needs_after_step_losses", False) or name == "auto_lambda"
-    )
-
-
-def _joint_step(
+def _updater(
     model: BenchModel,
     tasks: dict[str, Task],
     name: str,
     images: Tensor,
-    targets: dict,
     batched: bool = False,
-) -> Callable[[], object]:
-    device = images.device
-    method = make_method(name, PARAMS.get(name, lambda t: {})(len(tasks)))
-    extra = method.bind(len(tasks), device)
-    optimizer = torch.optim.Adam([*model.parameters(), *extra], lr=1e-4)
-    autocast = torch.autocast(device.type, enabled=False)
-
-    def step() -> object:
-        optimizer.zero_grad(set_to_none=True)
-        out = training_step(
-            model, tasks, method, images, targets, autocast, extra, batched_jacobian=batched
-        )
-        optimizer.step()
-        return out
-
-    return step
-
-
-def _updater_step(
-    model: BenchModel,
-    tasks: dict[str, Task],
-    name: str,
-    images: Tensor,
-    targets: dict,
-    batched: bool = False,
-) -> Callable[[], object]:
-    from mtl_paradigms.updates import make_updater  # the trainer's; imported only when needed
-
+) -> tuple[Method, Updater]:
+    """Method ``name`` and the updater it asks for (the trainer's :func:`make_updater`)."""
     device = images.device
     method = make_method(name, PARAMS.get(name, lambda t: {})(len(tasks)))
     extra = method.bind(len(tasks), device)
@@ -182,7 +149,41 @@ def _updater_step(
         optimizer_name="adam", lr=1e-4, adam_betas=(0.9, 0.999), adam_eps=1e-8,
         weight_decay=0.0, generator=generator, val_batch=lambda: val, batched_jacobian=batched,
     )  # fmt: skip
+    return method, updater
+
+
+def _step_of(updater: Updater, images: Tensor, targets: dict) -> Callable[[], object]:
     return lambda: updater.step(images, targets)
+
+
+def _method_step(
+    model: BenchModel,
+    tasks: dict[str, Task],
+    name: str,
+    images: Tensor,
+    targets: dict,
+    batched: bool = False,
+) -> tuple[str, Callable[[], object]]:
+    """``(path, step)`` of method ``name``: the method's updater decides. A plain
+    :class:`JointUpdater` (no hook around the step) is timed as :func:`training_step` plus its
+    optimizer's step (``"training_step"``); any other updater (Auto-Lambda's meta step, FAMO's
+    losses after the step, the strategies) through its full ``step`` (``"updater"``)."""
+    method, updater = _updater(model, tasks, name, images, batched)
+    if type(updater) is not JointUpdater or method.needs_after_step_losses:
+        return "updater", _step_of(updater, images, targets)
+    optimizer = updater.optimizer
+    autocast = torch.autocast(images.device.type, enabled=False)
+
+    def step() -> object:
+        optimizer.zero_grad(set_to_none=True)
+        out = training_step(
+            model, tasks, method, images, targets, autocast, updater.method_params,
+            batched_jacobian=batched,
+        )  # fmt: skip
+        optimizer.step()
+        return out
+
+    return "training_step", step
 
 
 def _floor_steps(
@@ -220,19 +221,13 @@ def _configs(
         torch.manual_seed(0)
         model = BenchModel(num_tasks, args.width).to(device)
         try:
-            if _needs_updater(name):
-                configs.append(
-                    (name, "updater", _updater_step(model, tasks, name, images, targets, batched))
-                )
-            else:
-                step = _joint_step(model, tasks, name, images, targets, batched)
-                configs.append((name, "training_step", step))
+            path, step = _method_step(model, tasks, name, images, targets, batched)
+            configs.append((name, path, step))
             if name == "ew":
                 # EW through the updater too, the reference for the updater rows; and the floors.
                 ew_model = BenchModel(num_tasks, args.width).to(device)
-                configs.append(
-                    ("ew", "updater", _updater_step(ew_model, tasks, "ew", images, targets))
-                )
+                _, ew_updater = _updater(ew_model, tasks, "ew", images)
+                configs.append(("ew", "updater", _step_of(ew_updater, images, targets)))
                 for floor, step in _floor_steps(model, tasks, images, targets).items():
                     configs.append((floor, "autograd", step))
         except (ImportError, TypeError, ValueError) as err:

@@ -10,17 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_spine_methods import sample_matrix
 
-from mtl_paradigms.methods.aggregators import (
-    IMTLG,
+from mtl_paradigms.methods.aggregators import IMTLG, MGDA, AlignedMTL, GradDrop
+from mtl_paradigms.methods.aggregators._simplex import (
     MAX_EXACT_TASKS,
-    MGDA,
-    AlignedMTL,
-    GradDrop,
-    _min_norm_by_supports,
-    _quadratic,
+    min_norm_weights,
+    minimize_on_simplex,
 )
+from mtl_paradigms.methods.aggregators.mgda import _min_norm_by_supports, _quadratic
 from mtl_paradigms.methods.base import gramian
-from mtl_paradigms.methods.simplex import min_norm_weights, minimize_on_simplex
 
 SEEDS = st.integers(min_value=0, max_value=2**31 - 1)
 F64 = torch.float64

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtl_paradigms.methods import make_method
-from mtl_paradigms.methods.learned import FAMO, IMTL, MGDAUB, AutoLambda, GradNorm
+from mtl_paradigms.methods import FAMO, IMTL, MGDAUB, AutoLambda, GradNorm, make_method
 
 F64 = torch.float64
 
@@ -183,7 +182,7 @@ def test_invalid_hyperparameters_name_the_method() -> None:
 
 
 def test_rotograd_rescales_every_task_to_one_magnitude_and_rotates_towards_consensus() -> None:
-    from mtl_paradigms.methods.rotograd import RotoGrad
+    from mtl_paradigms.methods import RotoGrad
     from mtl_paradigms.models import build_model
 
     torch.manual_seed(0)

@@ -9,8 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtl_paradigms.methods.loss_weightings import DWA, IMTLL, RLW, SI
-from mtl_paradigms.methods.weighting import UW, UWO
+from mtl_paradigms.methods.weightings import DWA, IMTLL, RLW, SI, UW, UWO
 
 SEEDS = st.integers(min_value=0, max_value=2**31 - 1)
 F64 = torch.float64

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from test_spine_methods import sample_matrix
 
 from mtl_paradigms.methods import NashMTL, make_method
+from mtl_paradigms.methods.aggregators.nash_mtl import nash_bargaining_weights
 from mtl_paradigms.methods.base import gramian
-from mtl_paradigms.methods.nash_mtl import nash_bargaining_weights
 
 SEEDS = st.integers(min_value=0, max_value=2**31 - 1)
 F64 = torch.float64

@@ -11,15 +11,15 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mtl_paradigms.methods import EW, UWO, CAGrad, FixedWeights, PCGrad, make_method
-from mtl_paradigms.methods.base import gramian
-from mtl_paradigms.methods.gradient import (
+from mtl_paradigms.methods.aggregators._simplex import project_to_simplex
+from mtl_paradigms.methods.aggregators.cagrad import (
     _cagrad_active_set,
     _cagrad_by_supports,
     _cagrad_face,
     _cagrad_iterative,
     _cagrad_objective,
 )
-from mtl_paradigms.methods.simplex import project_to_simplex
+from mtl_paradigms.methods.base import gramian
 
 SEEDS = st.integers(min_value=0, max_value=2**31 - 1)
 

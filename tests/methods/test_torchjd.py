@@ -40,8 +40,8 @@ from mtl_paradigms.methods import (
     PCGrad,
     make_method,
 )
+from mtl_paradigms.methods.aggregators.cagrad import _cagrad_objective
 from mtl_paradigms.methods.base import gramian
-from mtl_paradigms.methods.gradient import _cagrad_objective
 
 aggregation = pytest.importorskip("torchjd.aggregation")
 scalarization = pytest.importorskip("torchjd.scalarization")

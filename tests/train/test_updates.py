@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtl_paradigms.methods import make_method
+from mtl_paradigms.methods import METHODS, Method, Strategy, make_method
 from mtl_paradigms.methods.strategies import task_groups
 from mtl_paradigms.models import build_model
 from mtl_paradigms.tasks import make_tasks
@@ -18,6 +18,9 @@ from mtl_paradigms.updates import (
     AlternatingUpdater,
     JointUpdater,
     PathLength,
+    StepOutput,
+    UpdateContext,
+    Updater,
     make_updater,
     task_gradients,
     task_jacobian,
@@ -126,6 +129,88 @@ def test_adatask_first_step_moves_shared_weights_by_the_mean_of_per_task_sign_up
     clear = ((g == 0) | (g.abs() > 1e-12)).all(dim=0)  # no underflow in g^2
     assert clear.float().mean() > 0.99
     torch.testing.assert_close((after - before)[clear], expected[clear], rtol=1e-4, atol=1e-9)
+
+
+class _OneTaskUpdater(Updater):
+    """A strategy's updater defined outside the package: steps on the first task's loss only."""
+
+    def __init__(self, context: UpdateContext, method: Method) -> None:
+        super().__init__(context.model, context.tasks, method, [], context.autocast)
+        self.context = context
+        self.optimizer = context.make_optimizer(list(context.model.parameters()))
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def step(self, images: torch.Tensor, targets) -> StepOutput:
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = task_losses(self.tasks, self.model(images), targets)
+        losses[0].backward()
+        self.optimizer.step()
+        self.path.update()
+        weights = torch.zeros_like(losses).index_fill_(0, torch.tensor([0]), 1.0)
+        return StepOutput(losses.detach(), weights)
+
+
+class _FirstTaskOnly(Strategy):
+    """A new strategy, unknown to the package: plugs in by implementing ``make_updater``."""
+
+    name = "first_task_only"
+
+    def make_updater(self, context: UpdateContext) -> Updater:
+        return _OneTaskUpdater(context, self)
+
+
+def test_a_new_strategy_plugs_into_make_updater_without_editing_it() -> None:
+    tasks, model, images, targets = _problem()
+    gen = torch.Generator()
+    val = lambda: (images, targets)  # noqa: E731
+    updater = make_updater(
+        model, tasks, _FirstTaskOnly(), [], NO_AUTOCAST, _sgd(0.1), optimizer_name="sgd",
+        lr=0.1, adam_betas=(0.9, 0.999), adam_eps=1e-8, weight_decay=0.0, generator=gen,
+        val_batch=val, batched_jacobian=True,
+    )  # fmt: skip
+    assert isinstance(updater, _OneTaskUpdater)
+    context = updater.context
+    assert (context.model, context.tasks, context.generator) == (model, tasks, gen)
+    assert (context.optimizer_name, context.lr, context.val_batch) == ("sgd", 0.1, val)
+    assert context.batched_jacobian
+    out = updater.step(images, targets)
+    assert out.weights.tolist() == [1.0, 0.0, 0.0]
+    assert updater.path.total.item() > 0
+
+
+def test_make_updater_has_no_dispatch_on_method_classes() -> None:
+    """The updater is the method's choice: no ``isinstance`` in the trainer's entry point, and
+    the updater base never names a concrete method."""
+    import ast
+    import inspect
+
+    import mtl_paradigms.methods.updater as updater_module
+    import mtl_paradigms.updates as updates
+
+    tree = ast.parse(inspect.getsource(updates.make_updater))
+    calls = {
+        node.func.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
+    assert not calls & {"isinstance", "issubclass", "type"}
+    concrete = {cls.__name__ for cls in METHODS.values()}
+    for module in (updates, updater_module):
+        names = {
+            n.id for n in ast.walk(ast.parse(inspect.getsource(module))) if isinstance(n, ast.Name)
+        }
+        assert not names & concrete, module.__name__
+
+
+def test_a_strategy_must_provide_its_updater() -> None:
+    class _NoUpdater(Strategy):
+        name = "no_updater"
+
+    with pytest.raises(TypeError, match="make_updater"):
+        _NoUpdater()
 
 
 def test_adatask_refuses_optimizers_other_than_adam() -> None:

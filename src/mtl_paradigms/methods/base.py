@@ -1,6 +1,6 @@
 """The method interface shared by every multi-task method.
 
-Two kinds of method exist, after TorchJD's split:
+Two kinds of method combine the tasks, after TorchJD's split:
 
 * a :class:`Weighting` maps the per-task losses, shape ``(*batch, T)``, to task weights of
   the same shape; the trainer then back-propagates ``sum_t w_t * L_t``. Loss-only methods
@@ -8,6 +8,17 @@ Two kinds of method exist, after TorchJD's split:
 * an :class:`Aggregator` maps the per-task gradients of the shared parameters, a matrix of
   shape ``(*batch, T, D)``, to one update direction of shape ``(*batch, D)``. The trainer
   computes per-task gradients only for aggregators (``requires_grads`` is ``True``).
+
+A third kind, a :class:`Strategy` (AdaTask, MTL-IUS, MTL-IO), changes *how the optimizer steps*
+rather than how losses or gradients are combined.
+
+Every method owns how its update step is taken: :meth:`Method.make_updater` builds the
+:class:`~mtl_paradigms.methods.updater.Updater` that performs one update per batch, from the
+run's :class:`~mtl_paradigms.methods.updater.UpdateContext`. Weightings and aggregators get the
+:class:`~mtl_paradigms.methods.updater.JointUpdater` (one optimizer, one step per batch) unless
+they need more (Auto-Lambda's meta step); each strategy returns its own updater. The trainer only
+asks the method (:func:`mtl_paradigms.updates.make_updater`), so a new strategy plugs in without
+editing the trainer.
 
 Leading ``batch`` dimensions let one call handle many independent problems at once (the
 toy problems vectorise over start points and learning rates this way).
@@ -32,9 +43,13 @@ methods with ``needs_after_step_losses``), :meth:`Method.epoch_end` and the stat
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from mtl_paradigms.methods.updater import UpdateContext, Updater
 
 
 class Method(ABC):  # noqa: B024 - a common base; the abstract methods live in the two kinds
@@ -71,6 +86,18 @@ class Method(ABC):  # noqa: B024 - a common base; the abstract methods live in t
 
     def load_state_dict(self, state: dict[str, object]) -> None:  # noqa: B027 - optional hook
         """Restore what :meth:`state_dict` returned."""
+
+    def make_updater(self, context: UpdateContext) -> Updater:
+        """The updater that takes this method's steps in the run described by ``context``.
+
+        Default: the :class:`~mtl_paradigms.methods.updater.JointUpdater` (one optimizer over
+        the model and the method's parameters, one step per batch on the gradients of
+        :func:`~mtl_paradigms.methods.updater.training_step`). Methods that step differently
+        override it; strategies must.
+        """
+        from mtl_paradigms.methods.updater import JointUpdater  # the updater imports this module
+
+        return JointUpdater.from_context(self, context)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -140,6 +167,21 @@ class WeightedAggregator(Aggregator):
     def aggregate(self, grads: Tensor) -> tuple[Tensor, Tensor]:
         w = self.task_weights(grads)
         return combine(w, grads), w
+
+
+class Strategy(Method):
+    """A strategy: changes how the optimizer steps, not how losses or gradients are combined.
+
+    A strategy implements :meth:`make_updater`, returning the
+    :class:`~mtl_paradigms.methods.updater.Updater` that performs its steps; it carries its name
+    and hyperparameters like any method (for the config, ``mtlp methods`` and the tables).
+    """
+
+    requires_grads = False
+
+    @abstractmethod
+    def make_updater(self, context: UpdateContext) -> Updater:
+        """The updater that takes this strategy's steps (see :meth:`Method.make_updater`)."""
 
 
 def combine(weights: Tensor, grads: Tensor) -> Tensor:

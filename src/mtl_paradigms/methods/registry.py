@@ -1,4 +1,12 @@
-"""Methods selectable by name, with their hyperparameters as keyword arguments."""
+"""Methods selectable by name, with their hyperparameters as keyword arguments.
+
+:data:`METHODS` is the single list of method names: the config schema's ``method`` enum is
+tested equal to it, and every name is a class exported by :mod:`mtl_paradigms.methods` and
+defined in a module of the same name under ``weightings/``, ``aggregators/`` or ``strategies/``
+(``tests/methods/test_layout.py``). Adding a method: its module, its family package's import and
+``__all__``, its entry below and in :mod:`mtl_paradigms.methods`' ``__all__``, and the schema's
+enum.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +14,37 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from mtl_paradigms.methods.aggregators import IMTLG, MGDA, AlignedMTL, GradDrop
-from mtl_paradigms.methods.base import Method
-from mtl_paradigms.methods.edm import CDTT, EDM
-from mtl_paradigms.methods.gradient import CAGrad, PCGrad
-from mtl_paradigms.methods.learned import FAMO, IMTL, MGDAUB, AutoLambda, GradNorm
-from mtl_paradigms.methods.loss_weightings import DWA, IMTLL, RLW, SI
-from mtl_paradigms.methods.nash_mtl import NashMTL
-from mtl_paradigms.methods.rotograd import RotoGrad
-from mtl_paradigms.methods.strategies import MTLIO, MTLIUS, AdaTask, Strategy
-from mtl_paradigms.methods.weighting import EW, UW, UWO, FixedWeights
+from mtl_paradigms.methods.aggregators import (
+    CDTT,
+    EDM,
+    IMTL,
+    IMTLG,
+    MGDA,
+    MGDAUB,
+    AlignedMTL,
+    CAGrad,
+    GradDrop,
+    GradNorm,
+    NashMTL,
+    PCGrad,
+    RotoGrad,
+)  # fmt: skip
+from mtl_paradigms.methods.base import Method, Strategy
+from mtl_paradigms.methods.strategies import MTLIO, MTLIUS, AdaTask
+from mtl_paradigms.methods.weightings import (
+    DWA,
+    EW,
+    FAMO,
+    IMTLL,
+    RLW,
+    SI,
+    UW,
+    UWO,
+    AutoLambda,
+    FixedWeights,
+)  # fmt: skip
+
+__all__ = ["METHODS", "describe_methods", "make_method"]
 
 _ALL: tuple[type[Method], ...] = (
     EW, FixedWeights, UW, UWO, RLW, SI, IMTLL, DWA,

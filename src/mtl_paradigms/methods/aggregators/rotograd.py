@@ -1,6 +1,5 @@
 """RotoGrad (Javaloy & Valera, ICLR 2022): per-task rotations of the shared representation and
-homogenised gradient magnitudes.
-"""
+homogenised gradient magnitudes."""
 
 from __future__ import annotations
 
